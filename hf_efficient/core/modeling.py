@@ -1,0 +1,179 @@
+"""The shared backbone: embeddings -> N residual blocks around any attention class -> final norm (+ pooler)."""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.utils import logging
+
+from ..attention.full import FullAttention
+from .configuration import EfficientConfig
+from .embeddings import EfficientEmbeddings, EfficientRotaryEmbedding
+from .layers import EfficientBlock, EfficientRMSNorm, build_norm
+from .masks import validate_global_mask, validate_keep_mask
+
+logger = logging.get_logger(__name__)
+
+
+class EfficientPreTrainedModel(PreTrainedModel):
+    """Weight init and the transformers integration flags shared by every model and head."""
+
+    config_class = EfficientConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EfficientBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # our masks are arbitrary boolean patterns
+    _supports_flex_attn = False  # FlexAttention is used inside the mechanisms, chosen per device
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, EfficientRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, EfficientRotaryEmbedding):
+            inv_freq, _ = module.compute_inv_freq(module.config, module.inv_freq.device)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
+
+
+class EfficientPooler(nn.Module):
+    """BERT's pooler: tanh(W h_first + b)."""
+
+    def __init__(self, config: EfficientConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class EfficientModel(EfficientPreTrainedModel):
+    """The bare backbone. Variants subclass it and set `attention_class` (and `config_class`)."""
+
+    attention_class: type[nn.Module] = FullAttention
+
+    def __init__(self, config: EfficientConfig):
+        super().__init__(config)
+        attention = self.attention_class
+        if config.is_causal and not attention.supports_causal:
+            raise ValueError(f"{attention.__name__} cannot be causal; set is_causal=False (an encoder).")
+        if not config.is_causal and not attention.supports_bidirectional:
+            raise ValueError(f"{attention.__name__} is causal-only; set is_causal=True (a decoder).")
+        self.embeddings = EfficientEmbeddings(config)
+        self.rotary = EfficientRotaryEmbedding(config) if config.position_embedding_type == "rotary" else None
+        self.layers = nn.ModuleList(EfficientBlock(config, i, attention) for i in range(config.num_hidden_layers))
+        self.final_norm = build_norm(config) if config.norm_position == "pre" else None
+        self.pooler = EfficientPooler(config) if config.use_pooler else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+
+        global_keep = validate_global_mask(global_attention_mask, batch, length)
+        if global_keep is not None and not self.attention_class.supports_global_attention:
+            raise ValueError(
+                f"global_attention_mask was given, but {type(self).__name__}'s layers ({self.attention_class.__name__})"
+                " have no global tokens. Drop it, or use a variant with global attention (e.g. efficient_longformer)."
+            )
+        past_key_values = self._resolve_cache(past_key_values, use_cache, global_keep is not None)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, -1)
+        self._check_positions(position_ids, past_length + length)
+        keep = validate_keep_mask(attention_mask, batch, past_length + length, "attention_mask")
+        if keep is not None and not self.attention_class.supports_padding_mask:
+            raise ValueError(
+                f"{self.attention_class.__name__} cannot honour a padding mask; pass unpadded inputs of equal length."
+            )
+
+        hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
+        position_embeddings = self.rotary(hidden, position_ids) if self.rotary is not None else None
+        shared_state: dict = {}
+        all_hidden, all_weights = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            hidden, weights = layer(
+                hidden,
+                attention_mask=keep,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                global_attention_mask=global_keep,
+                position_ids=position_ids,
+                output_attentions=output_attentions,
+                shared_state=shared_state,
+            )
+            all_weights.append(weights)
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        output = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden,
+            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
+            past_key_values=past_key_values,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_weights) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
+        """A cache only for causal models whose attention supports it; an explicit request otherwise raises.
+
+        By default (use_cache=None) a cache is made in eval mode for causal models without global tokens.
+        """
+        supported = self.config.is_causal and self.attention_class.supports_cache
+        if past_key_values is not None and not supported:
+            raise ValueError(
+                f"past_key_values were given but {type(self).__name__} has no incremental decoding "
+                f"({'encoder' if not self.config.is_causal else self.attention_class.__name__}); drop them."
+            )
+        if use_cache and not supported and self.config.is_causal:
+            raise ValueError(f"{self.attention_class.__name__} has no KV cache; call with use_cache=False.")
+        if use_cache is None:
+            use_cache = self.config.use_cache and supported and not self.training and not has_global
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        return past_key_values
+
+    def _check_positions(self, position_ids: torch.LongTensor, total_length: int) -> None:
+        if self.config.position_embedding_type != "absolute":
+            return
+        limit = self.config.max_position_embeddings
+        if total_length > limit or int(position_ids.max()) >= limit:
+            raise ValueError(
+                f"The input needs positions up to {max(total_length, int(position_ids.max()) + 1)} but this model "
+                f"has max_position_embeddings={limit}. Truncate the input (tokenizer truncation=True, "
+                f"max_length={limit}) or convert the model with a larger --max-length."
+            )

@@ -1,0 +1,38 @@
+"""Configuration of EfficientLongformer (Beltagy et al., arXiv 2004.05150)."""
+
+from typing import Any
+
+from ...core.configuration import EfficientConfig
+
+
+class EfficientLongformerConfig(EfficientConfig):
+    """Backbone fields plus Longformer's knobs.
+
+    attention_window: the full window per layer (an int for all layers, or one per layer); each token sees
+        window/2 tokens on each side (only the earlier half when causal). Positive and even, as in the paper.
+    attention_dilation: per-layer dilation d: the window's keys are spaced d apart, so it reaches window/2 * d.
+    """
+
+    model_type = "efficient_longformer"
+
+    attention_window: int | list[int] = 512
+    attention_dilation: int | list[int] = 1
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.attention_window = self.per_layer(self.attention_window, "attention_window")
+        self.attention_dilation = self.per_layer(self.attention_dilation, "attention_dilation")
+        for layer, window in enumerate(self.attention_window):
+            if not isinstance(window, int) or window <= 0 or window % 2:
+                raise ValueError(
+                    f"attention_window[{layer}]={window!r}: each window must be a positive even integer "
+                    "(window/2 tokens on each side), e.g. 512."
+                )
+        for layer, dilation in enumerate(self.attention_dilation):
+            if not isinstance(dilation, int) or dilation <= 0:
+                raise ValueError(f"attention_dilation[{layer}]={dilation!r}: use a positive integer (1 = none).")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def full_attention_overrides(cls, length: int) -> dict:
+        """A window of 2*length (length-1 tokens or more on each side) and no dilation is full attention."""
+        return {"attention_window": 2 * length, "attention_dilation": 1}
