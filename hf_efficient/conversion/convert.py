@@ -156,6 +156,19 @@ def load_exactly(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> li
     return new_head
 
 
+def load_tokenizer(source: str):
+    """The source's tokenizer, or None (with a warning) when it has none: transformers would otherwise build an
+    empty one from the model type alone, and saving that next to the weights would mislead every user."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        logger.warning(f"{source} has no tokenizer files: converting weights and config only.")
+        return None
+    return tokenizer
+
+
 def check_input_ids(tokenizer, length: int, vocab_size: int) -> torch.Tensor:
     """Real text (public-domain prose shipped with the package), tokenised and cut to `length` tokens."""
     if tokenizer is None:
@@ -240,11 +253,7 @@ def convert(
     result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
                            source_name=source, **options)
     steps.update()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tokenizer = None
-        logger.warning(f"{source} has no tokenizer files: converting weights and config only.")
+    tokenizer = load_tokenizer(source)
     if check:
         steps.set_postfix_str("checking fidelity")
         length = min(result.source_length, 512)

@@ -126,7 +126,8 @@ class EfficientAttention(nn.Module):
         """
         eager = need_weights or self.config._attn_implementation in (None, "eager")
         if is_causal and (keep is not None or eager or query.shape[-2] != key.shape[-2]):
-            keep = causal_keep(query.shape[-2], key.shape[-2], query.device) & (True if keep is None else keep)
+            causal = causal_keep(query.shape[-2], key.shape[-2], query.device)[None, None]
+            keep = causal if keep is None else causal & keep
             is_causal = False
         mask = keep
         if keep is not None and eager:

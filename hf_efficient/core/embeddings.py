@@ -46,29 +46,34 @@ class EfficientEmbeddings(nn.Module):
         return self.dropout(hidden)
 
 
+LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}  # they recompute frequencies per input length
+
+
 class EfficientRotaryEmbedding(nn.Module):
     """cos/sin tables for rotary positions: q_rot = q * cos + rotate_half(q) * sin.
 
-    The inverse frequencies come from transformers' RoPE initialisers, so every `rope_type` there ("default",
-    "linear", "dynamic", "yarn", "llama3", ...) is available through `config.rope_parameters`.
+    The inverse frequencies come from transformers' RoPE initialisers, so the static `rope_type`s there ("default",
+    "linear", "yarn", "llama3", ...) are available through `config.rope_parameters`.
     """
 
     def __init__(self, config: EfficientConfig):
         super().__init__()
         self.config = config
-        inv_freq, self.attention_scaling = self.compute_inv_freq(config)
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        if self.rope_type in LENGTH_DEPENDENT_ROPE or self.rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
+            static = sorted(set(ROPE_INIT_FUNCTIONS) - LENGTH_DEPENDENT_ROPE | {"default"})
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported here; use one of {static}.")
+        initialise = ROPE_INIT_FUNCTIONS.get(self.rope_type, self.compute_default_rope_parameters)
+        inv_freq, self.attention_scaling = initialise(config)
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)
         self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: EfficientConfig, device: torch.device | None = None) -> tuple[torch.Tensor, float]:
-        rope_type = config.rope_parameters.get("rope_type", "default")
-        if rope_type != "default":
-            return ROPE_INIT_FUNCTIONS[rope_type](config, device)
-        base = config.rope_parameters["rope_theta"]
+    def compute_default_rope_parameters(config: EfficientConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """inv_freq_i = theta^(-2i / head_dim); transformers' weight init calls this by name (rope_type "default")."""
         dim = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
-        return inv_freq, 1.0
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+        return 1.0 / (config.rope_parameters["rope_theta"] ** exponents), 1.0
 
     @torch.no_grad()
     def forward(self, hidden: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,10 +33,6 @@ class EfficientPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, EfficientRMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, EfficientRotaryEmbedding):
-            inv_freq, _ = module.compute_inv_freq(module.config, module.inv_freq.device)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
 
 
 class EfficientPooler(nn.Module):

@@ -1,0 +1,154 @@
+"""Conversion of tiny random BERT / GPT-2 / Llama checkpoints (saved locally) into EfficientLongformer."""
+
+import json
+import string
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5Model,
+)
+
+import hf_efficient
+from hf_efficient.cli import main
+from hf_efficient.conversion import ConversionError, convert, extend_positions
+
+TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase,
+          *[f"##{c}" for c in string.ascii_lowercase], *".,;:-'!?", "the", "of", "and", "to"]
+
+
+def save_tiny_bert(folder, head=BertModel, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = TOKENS + [f"word{i}" for i in range(99 - len(TOKENS))]
+    (folder / "vocab.txt").write_text("\n".join(tokens))
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = head(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def test_cli_converts_bert_into_a_long_model(tmp_path, capsys):
+    source = save_tiny_bert(tmp_path / "bert")
+    out = tmp_path / "long"
+    code = main(["convert", "--from", str(tmp_path / "bert"), "--to", "longformer", "--max-length", "512",
+                 "--attention-window", "16", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "full-attention setting" in printed and "max abs diff" in printed
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in out.iterdir()}
+    assert AutoTokenizer.from_pretrained(out).model_max_length == 512
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "efficient_longformer" and config["attention_window"] == [16, 16]
+    card = (out / "README.md").read_text()
+    figure = float(printed.split("max abs diff ")[1].split()[0])
+    assert figure <= 1e-5 and f"{figure:.2e}" in card
+
+    model = AutoModel.from_pretrained(out).eval()
+    assert type(model) is hf_efficient.EfficientLongformerModel
+    weights = load_file(out / "model.safetensors")
+    table = weights["embeddings.embed_positions.weight"]
+    torch.testing.assert_close(table[:64], source.embeddings.position_embeddings.weight)
+    torch.testing.assert_close(table[64:128], table[:64])  # the Longformer recipe: copied end to end
+    ids = torch.randint(1, 99, (1, 512))
+    with torch.no_grad():
+        assert model(input_ids=ids).last_hidden_state.shape == (1, 512, 32)
+    with pytest.raises(ValueError, match="max_position_embeddings=512"):
+        model(input_ids=torch.randint(1, 99, (1, 513)))
+
+
+def test_converted_masked_lm_reproduces_its_source(tmp_path):
+    source = save_tiny_bert(tmp_path / "bert", head=BertForMaskedLM, seed=1)
+    result = convert(str(tmp_path / "bert"), "longformer", out=None, max_length=256, attention_window=8)
+    assert type(result.model) is hf_efficient.EfficientLongformerForMaskedLM
+    assert result.fidelity.compared == "logits" and result.fidelity.degenerate_max_abs_diff <= 1e-5
+    assert result.fidelity.as_converted_max_abs_diff > 1e-3, "window 8 on the check text is really sparse"
+    ids = torch.randint(1, 99, (2, 20))
+    degenerate = hf_efficient.EfficientLongformerForMaskedLM(
+        type(result.model.config).from_dict({**result.model.config.to_dict(), "attention_window": 64})
+    ).eval()
+    degenerate.load_state_dict(result.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(degenerate(input_ids=ids).logits, source(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_causal_sources_convert_to_causal_longformer(tmp_path, family):
+    torch.manual_seed(2)
+    if family == "gpt2":
+        source = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    else:
+        source = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                              max_position_embeddings=64))
+    source.eval().save_pretrained(tmp_path / family)
+    result = convert(str(tmp_path / family), "longformer", out=tmp_path / "out", max_length=128, attention_window=8)
+    assert type(result.model) is hf_efficient.EfficientLongformerForCausalLM and result.model.config.is_causal
+    assert result.fidelity.degenerate_max_abs_diff <= 1e-5
+    ids = torch.randint(1, 99, (1, 40))
+    with torch.no_grad():
+        generated = result.model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape == (1, 45)
+
+
+def test_unknown_architecture_names_the_supported_ones(tmp_path):
+    T5Model(T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(tmp_path)
+    with pytest.raises(ConversionError, match=r"Supported source architectures: \['bert', 'gpt2', 'llama'"):
+        convert(str(tmp_path), "longformer", out=None)
+    assert main(["convert", "--from", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_unknown_target_and_bad_window_are_refused(tmp_path):
+    save_tiny_bert(tmp_path / "bert")
+    with pytest.raises(ConversionError, match="Unknown target"):
+        convert(str(tmp_path / "bert"), "bigbirdd", out=None)
+    with pytest.raises(ConversionError, match="positive even"):
+        convert(str(tmp_path / "bert"), "longformer", out=None, attention_window=7)
+
+
+def test_existing_output_is_not_overwritten_without_asking(tmp_path):
+    save_tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ConversionError, match="--overwrite"):
+        convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128)
+    assert (out / "keep.txt").read_text() == "user data"
+    convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_source_without_tokenizer_still_converts(tmp_path):
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
+    result = convert(str(tmp_path / "bert"), "longformer", out=tmp_path / "out", max_length=128)
+    assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "tokenizer.json").exists()
+    assert result.fidelity.degenerate_max_abs_diff <= 1e-5
+
+
+def test_position_extension_methods():
+    table = torch.randn(8, 4)
+    copied = extend_positions(table, 20, "copy")
+    assert torch.equal(copied[:8], table) and torch.equal(copied[8:16], table) and torch.equal(copied[16:], table[:4])
+    stretched = extend_positions(table, 22, "interpolate")
+    assert stretched.shape == (22, 4)
+    torch.testing.assert_close(stretched[0], table[0])
+    torch.testing.assert_close(stretched[-1], table[-1])
+    with pytest.raises(ValueError, match="copy"):
+        extend_positions(table, 20, "nearest")

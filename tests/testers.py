@@ -1,0 +1,75 @@
+"""One tester per registered variant: a tiny config and the knobs the common suite needs.
+
+The common suite (test_common.py) runs over `hf_efficient.VARIANTS`; a variant registered without a tester here
+fails it.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    pad_token_id=0,
+)
+# the three backbone styles every variant must run in (where the mechanism allows the direction)
+STYLES = {
+    "bert": dict(),
+    "gpt2": dict(norm_position="pre", embedding_norm=False, type_vocab_size=0, hidden_act="gelu_new", is_causal=True,
+                 use_pooler=False, masked_lm_transform=False, lm_head_bias=False, layer_norm_eps=1e-5),
+    "llama": dict(norm_type="rmsnorm", norm_position="pre", position_embedding_type="rotary", mlp_type="gated",
+                  hidden_act="silu", num_key_value_heads=2, embedding_norm=False, type_vocab_size=0, is_causal=True,
+                  attention_bias=False, mlp_bias=False, use_pooler=False, masked_lm_transform=False,
+                  lm_head_bias=False, layer_norm_eps=1e-6),
+}
+
+
+@dataclass
+class VariantTester:
+    model_type: str
+    mechanism: dict = field(default_factory=dict)  # variant knobs small enough that the pattern is really sparse
+    cpu_backends: tuple[str, ...] = ("blocked",)  # fast paths that run (forward and backward) on CPU
+    gpu_backends: tuple[str, ...] = ()  # fast paths that need CUDA
+    length: int = 37  # longer than the tiny window, not a multiple of it
+
+    def config(self, style: str = "bert", **overrides):
+        import hf_efficient
+
+        variant = hf_efficient.VARIANTS[self.model_type]
+        return variant.config(**{**TINY, **STYLES[style], **self.mechanism, **overrides})
+
+    def inputs(self, config, batch: int = 3, length: int | None = None, padded: bool = True, seed: int = 0) -> dict:
+        """Random ids (never the pad id), right padding on some rows, global tokens where supported."""
+        length = length or self.length
+        generator = torch.Generator().manual_seed(seed)
+        input_ids = torch.randint(1, config.vocab_size, (batch, length), generator=generator)
+        attention_mask = torch.ones(batch, length, dtype=torch.long)
+        if padded and batch > 1:
+            attention_mask[1, length - 7:] = 0
+            attention_mask[-1, length // 3:] = 0
+            input_ids[attention_mask == 0] = config.pad_token_id
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def global_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(input_ids)
+        mask[0, 0] = 1
+        mask[0, input_ids.shape[1] // 2] = 1
+        if input_ids.shape[0] > 1:
+            mask[1, 3] = 1
+        return mask
+
+
+TESTERS = {
+    tester.model_type: tester
+    for tester in (
+        VariantTester("efficient_longformer", mechanism=dict(attention_window=[4, 6], attention_dilation=[1, 2]),
+                      cpu_backends=("blocked",), gpu_backends=("flex",)),
+    )
+}
