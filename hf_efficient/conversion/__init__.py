@@ -2,6 +2,7 @@
 
 from .convert import ConversionResult, FidelityReport, convert, convert_model, load_source
 from .families import FAMILIES, ConversionError, family_of
+from .longformer_layout import from_transformers_longformer, to_transformers_longformer
 from .positions import extend_positions
 
 __all__ = [
@@ -13,5 +14,7 @@ __all__ = [
     "convert_model",
     "extend_positions",
     "family_of",
+    "from_transformers_longformer",
     "load_source",
+    "to_transformers_longformer",
 ]
