@@ -113,3 +113,18 @@ def test_band_keep_dilated_causal():
     keep = band_keep(positions, positions, one_sided=2, dilation=3, causal=True)
     assert keep[9].nonzero().flatten().tolist() == [3, 6, 9]
     assert keep[1].nonzero().flatten().tolist() == [1]
+
+
+def test_global_first_token_equals_an_explicit_mask():
+    config = EfficientLongformerConfig(**SMALL, attention_window=4)
+    model = EfficientLongformerModel(config).eval()
+    ids = torch.randint(1, 61, (2, 15), generator=torch.Generator().manual_seed(2))
+    first = torch.zeros_like(ids)
+    first[:, 0] = 1
+    with torch.no_grad():
+        explicit = model(input_ids=ids, global_attention_mask=first).last_hidden_state
+        local_only = model(input_ids=ids).last_hidden_state
+        config.global_first_token = True
+        implied = model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(implied, explicit, rtol=0, atol=0)
+    assert (implied - local_only).abs().max() > 1e-3

@@ -172,6 +172,10 @@ def last_token_index(
 class EfficientForSequenceClassification(EfficientHead):
     """Pools the first token (through the pooler when the config has one) or, for decoders, the last real token."""
 
+    # The losses (regression, single- and multi-label) are per-example means: Trainer must scale them for gradient
+    # accumulation itself instead of passing num_items_in_batch.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: EfficientConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -244,7 +248,7 @@ class EfficientForTokenClassification(EfficientHead):
             use_cache=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))
-        loss = None if labels is None else self.loss_function(logits, labels, self.config)
+        loss = None if labels is None else self.loss_function(logits, labels, self.config, **kwargs)
         result = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
@@ -252,6 +256,8 @@ class EfficientForTokenClassification(EfficientHead):
 
 
 class EfficientForQuestionAnswering(EfficientHead):
+    accepts_loss_kwargs = False  # a per-example mean loss: Trainer scales it for gradient accumulation
+
     def __init__(self, config: EfficientConfig):
         super().__init__(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)

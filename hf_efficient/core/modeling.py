@@ -96,7 +96,8 @@ class EfficientModel(EfficientPreTrainedModel):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
 
-        global_keep = validate_global_mask(global_attention_mask, batch, length)
+        global_keep = self.global_tokens(validate_global_mask(global_attention_mask, batch, length), batch, length,
+                                         past_key_values is not None, device)
         if global_keep is not None and not self.attention_class.supports_global_attention:
             raise ValueError(
                 f"global_attention_mask was given, but {type(self).__name__}'s layers ({self.attention_class.__name__})"
@@ -143,6 +144,11 @@ class EfficientModel(EfficientPreTrainedModel):
             attentions=tuple(all_weights) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def global_tokens(self, global_keep: torch.Tensor | None, batch: int, length: int, decoding: bool,
+                      device: torch.device) -> torch.Tensor | None:
+        """The global-token mask the layers get; variants may add tokens their config makes global."""
+        return global_keep
 
     def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
         """A cache only for causal models whose attention supports it; an explicit request otherwise raises.

@@ -11,12 +11,16 @@ class EfficientLongformerConfig(EfficientConfig):
     attention_window: the full window per layer (an int for all layers, or one per layer); each token sees
         window/2 tokens on each side (only the earlier half when causal). Positive and even, as in the paper.
     attention_dilation: per-layer dilation d: the window's keys are spaced d apart, so it reaches window/2 * d.
+    global_first_token: make the first token ([CLS]) global in every forward, in addition to any
+        `global_attention_mask` (the paper's classification recipe; handy when a data collator can't pad a
+        global_attention_mask column). Not applied during cached decoding.
     """
 
     model_type = "efficient_longformer"
 
     attention_window: int | list[int] = 512
     attention_dilation: int | list[int] = 1
+    global_first_token: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.attention_window = self.per_layer(self.attention_window, "attention_window")

@@ -152,6 +152,13 @@ class EfficientLongformerModel(EfficientModel):
     config_class = EfficientLongformerConfig
     attention_class = EfficientLongformerAttention
 
+    def global_tokens(self, global_keep, batch, length, decoding, device):
+        if not self.config.global_first_token or decoding:
+            return global_keep
+        first = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        first[:, 0] = True
+        return first if global_keep is None else global_keep | first
+
 
 class EfficientLongformerForMaskedLM(EfficientForMaskedLM):
     config_class = EfficientLongformerConfig
