@@ -212,12 +212,12 @@ def test_degenerate_setting_equals_full_attention(model_type):
         assert (sparse[real] - exact[real]).abs().max() > 1e-3, "the tiny pattern should really be sparse"
 
 
-def compare_backends(model_type: str, backends: tuple[str, ...], device: str) -> None:
+def compare_backends(model_type: str, backends: tuple[str, ...], device: str, **overrides) -> None:
     """Every fast path equals the naive reference: outputs and parameter gradients, fp32, random inputs."""
     tester = get_tester(model_type)
     for style in styles(model_type):
         head = "causal_lm" if style != "bert" else "masked_lm"
-        model = build(model_type, head, style).to(device).train()  # dropout is 0: train mode only enables grads
+        model = build(model_type, head, style, **overrides).to(device).train()  # dropout 0: train mode for grads
         inputs = with_globals(model, tester.inputs(model.config, seed=1))
         inputs = {k: v.to(device) for k, v in inputs.items()}
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
@@ -252,7 +252,12 @@ def test_gpu_fast_paths_equal_reference(model_type):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     tester = get_tester(model_type)
-    compare_backends(model_type, tester.cpu_backends + tester.gpu_backends, "cuda")
+    # head_dim 16: the smallest that compiled GPU kernels (FlexAttention) take
+    compare_backends(model_type, tester.cpu_backends + tester.gpu_backends, "cuda", head_dim=16)
+    model = build(model_type, "model", styles(model_type)[0]).to("cuda")  # head_dim 8: the fast path steps aside
+    inputs = {k: v.cuda() for k, v in get_tester(model_type).inputs(model.config).items()}
+    with torch.no_grad():
+        model(**inputs)
 
 
 @pytest.mark.parametrize("model_type", VARIANT_NAMES)

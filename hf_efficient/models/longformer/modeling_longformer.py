@@ -28,6 +28,9 @@ from .configuration_longformer import EfficientLongformerConfig
 logger = logging.get_logger(__name__)
 
 
+FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
+
+
 def flex_available() -> bool:
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
@@ -64,7 +67,13 @@ class EfficientLongformerAttention(EfficientAttention):
         chosen = self.config.attention_backend
         if chosen == "auto":
             dropout_free = not self.training or self.attention_dropout == 0.0
-            chosen = "flex" if hidden_states.is_cuda and dropout_free and flex_available() else "blocked"
+            flex_ok = hidden_states.is_cuda and self.head_dim >= FLEX_MIN_HEAD_DIM and flex_available()
+            chosen = "flex" if flex_ok and dropout_free else "blocked"
+        elif chosen == "flex" and hidden_states.is_cuda and self.head_dim < FLEX_MIN_HEAD_DIM:
+            raise ValueError(
+                f"attention_backend='flex' needs head_dim >= {FLEX_MIN_HEAD_DIM} on CUDA (this model has "
+                f"{self.head_dim}); use attention_backend='auto' or 'blocked'."
+            )
         return chosen
 
     def forward(
