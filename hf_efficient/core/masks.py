@@ -3,36 +3,35 @@
 import torch
 
 
-def validate_keep_mask(mask: torch.Tensor | None, batch: int, length: int, name: str) -> torch.Tensor | None:
-    """Check a user's (batch, length) 0/1 mask and return it as bool, or None when it keeps every position."""
-    if mask is None:
-        return None
+def as_bool_mask(mask: torch.Tensor, batch: int, length: int, name: str, meaning: str) -> torch.Tensor:
+    """Check that a user's mask is (batch, length) of 0/1 (or bool) and return it as bool."""
     if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
         raise ValueError(
             f"{name} has shape {tuple(mask.shape)} but this input needs (batch, sequence) = ({batch}, {length}): "
-            "1 for tokens to attend to, 0 for padding. 3D/4D or additive (0/-inf) masks are not accepted; "
-            "pass the 2D padding mask and let the model add causality and its sparsity pattern."
+            f"{meaning}. 3D/4D or additive (0/-inf) masks are not accepted."
         )
     if mask.dtype != torch.bool:
         if ((mask != 0) & (mask != 1)).any():
             raise ValueError(f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted.")
         mask = mask.bool()
+    return mask
+
+
+def validate_keep_mask(mask: torch.Tensor | None, batch: int, length: int, name: str) -> torch.Tensor | None:
+    """The padding mask as bool, or None when it keeps every position."""
+    if mask is None:
+        return None
+    meaning = "1 for tokens to attend to, 0 for padding; the model adds causality and its sparsity pattern itself"
+    mask = as_bool_mask(mask, batch, length, name, meaning)
     return None if bool(mask.all()) else mask
 
 
 def validate_global_mask(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
-    """Check a (batch, seq) global_attention_mask; None when no token is global."""
+    """The global_attention_mask as bool, or None when no token is global."""
     if mask is None:
         return None
-    if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
-        raise ValueError(
-            f"global_attention_mask has shape {tuple(mask.shape)}; it must be (batch, sequence) = ({batch}, {length}) "
-            "with 1 on the tokens that attend everywhere and are attended to by every token."
-        )
-    if mask.dtype != torch.bool:
-        if ((mask != 0) & (mask != 1)).any():
-            raise ValueError("global_attention_mask must hold only 0 and 1 (or booleans).")
-        mask = mask.bool()
+    meaning = "1 on the tokens that attend everywhere and are attended to by every token"
+    mask = as_bool_mask(mask, batch, length, "global_attention_mask", meaning)
     return mask if bool(mask.any()) else None
 
 
