@@ -128,3 +128,19 @@ def test_global_first_token_equals_an_explicit_mask():
         implied = model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(implied, explicit, rtol=0, atol=0)
     assert (implied - local_only).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["blocked", "reference"])
+def test_global_marks_on_padding_are_dropped(backend):
+    """Only padding marked global: the same as no global tokens (not a crash on zero global slots)."""
+    config = EfficientLongformerConfig(**SMALL, attention_window=4, attention_backend=backend)
+    model = EfficientLongformerModel(config).eval()
+    ids = torch.randint(1, 61, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    on_padding = torch.zeros_like(ids)
+    on_padding[1, 10] = 1
+    with torch.no_grad():
+        marked = model(input_ids=ids, attention_mask=mask, global_attention_mask=on_padding).last_hidden_state
+        plain = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(marked[mask.bool()], plain[mask.bool()], rtol=0, atol=0)

@@ -113,6 +113,9 @@ class EfficientModel(EfficientPreTrainedModel):
             raise ValueError(
                 f"{self.attention_class.__name__} cannot honour a padding mask; pass unpadded inputs of equal length."
             )
+        if global_keep is not None and keep is not None:  # a padding token is never global
+            global_keep = global_keep & keep[:, -length:]
+            global_keep = global_keep if bool(global_keep.any()) else None
 
         hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
         position_embeddings = self.rotary(hidden, position_ids) if self.rotary is not None else None

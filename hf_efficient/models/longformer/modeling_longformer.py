@@ -97,9 +97,7 @@ class EfficientLongformerAttention(EfficientAttention):
             all_keys, all_values = past_key_values.update(key, value, self.layer_idx)
             if past_length:
                 return self.decode_step(query, all_keys, all_values, attention_mask, past_length, output_attentions)
-        is_global = global_attention_mask
-        if is_global is not None and attention_mask is not None:
-            is_global = is_global & attention_mask
+        is_global = global_attention_mask  # the model has already dropped global marks on padding
         global_qkv = None
         if is_global is not None:
             projections = (self.q_global_proj, self.k_global_proj, self.v_global_proj)
