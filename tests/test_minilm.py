@@ -20,7 +20,8 @@ def test_minilm_converts_to_4096_and_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     figure = float(printed.split("max abs diff ")[1].split()[0])
     assert figure <= 1e-5, printed
-    assert f"{figure:.2e}" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert f"{figure:.2e}" in card and "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 4096
 
     tokenizer = AutoTokenizer.from_pretrained(out)

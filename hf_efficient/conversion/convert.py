@@ -26,6 +26,7 @@ logger = logging.get_logger(__name__)
 
 HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "model.pooler.")
 CHECK_TEXT = Path(__file__).resolve().parent.parent / "data" / "check_text.txt"
+PACKAGED_MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -49,6 +50,7 @@ class ConversionResult:
     new_parameters: list[str] = field(default_factory=list)
     new_head_parameters: list[str] = field(default_factory=list)
     fidelity: FidelityReport | None = None
+    base_model: str | None = None  # the Hub id for the card's metadata (None for a local folder of unknown origin)
 
 
 def resolve_target(target: str) -> Variant:
@@ -243,7 +245,9 @@ def convert(
     **options,
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config."""
-    source = source or default_source()
+    base_model = source if source is not None and not Path(source).exists() else None
+    if source is None:
+        source, base_model = default_source(), PACKAGED_MINILM_HUB_ID
     out_dir = prepare_output(out, overwrite) if out is not None else None
     steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
     steps.set_postfix_str("loading source")
@@ -252,6 +256,7 @@ def convert(
     steps.set_postfix_str("mapping weights")
     result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
                            source_name=source, **options)
+    result.base_model = base_model
     steps.update()
     tokenizer = load_tokenizer(source)
     if check:

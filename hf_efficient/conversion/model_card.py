@@ -83,7 +83,7 @@ def write_model_card(out: Path, result) -> None:
         else f"{config.position_embedding_type} (no table to extend)."
     )
     data = ModelCardData(
-        base_model=result.source if not Path(result.source).exists() else None,
+        base_model=result.base_model,
         library_name="transformers",
         pipeline_tag=PIPELINES.get(result.head, "feature-extraction"),
         tags=["hf-efficient", config.model_type, "long-context"],
@@ -94,7 +94,7 @@ def write_model_card(out: Path, result) -> None:
             card_data=data.to_yaml(),
             name=out.name,
             model_type=config.model_type,
-            source=result.source,
+            source=result.base_model or result.source,
             source_length=result.source_length,
             max_length=config.max_position_embeddings,
             architecture=type(result.model).__name__,
