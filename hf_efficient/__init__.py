@@ -1,32 +1,16 @@
 """hf-efficient: the efficient Transformers of Tay et al.'s survey (arXiv 2009.06732) as Transformers models.
 
-`import hf_efficient` registers every variant with AutoConfig, AutoModel and the AutoModelFor* heads.
+`import hf_efficient` registers every variant with AutoConfig, AutoModel and the AutoModelFor* heads, and exports
+each variant's classes (`hf_efficient.EfficientLongformerModel`, ...).
 """
 
-from .auto import VARIANTS, register_all
+from .auto import AUTO_HEADS, VARIANTS, register_all
 from .core import EfficientConfig, EfficientModel
-from .models.longformer import (
-    EfficientLongformerConfig,
-    EfficientLongformerForCausalLM,
-    EfficientLongformerForMaskedLM,
-    EfficientLongformerForQuestionAnswering,
-    EfficientLongformerForSequenceClassification,
-    EfficientLongformerForTokenClassification,
-    EfficientLongformerModel,
-)
 
 register_all()
+globals().update({cls.__name__: cls for variant in VARIANTS.values() for cls in variant.classes})
 
 __version__ = "0.1.0"
-__all__ = [
-    "VARIANTS",
-    "EfficientConfig",
-    "EfficientLongformerConfig",
-    "EfficientLongformerForCausalLM",
-    "EfficientLongformerForMaskedLM",
-    "EfficientLongformerForQuestionAnswering",
-    "EfficientLongformerForSequenceClassification",
-    "EfficientLongformerForTokenClassification",
-    "EfficientLongformerModel",
-    "EfficientModel",
-]
+__all__ = ["AUTO_HEADS", "VARIANTS", "EfficientConfig", "EfficientModel"] + sorted(
+    cls.__name__ for variant in VARIANTS.values() for cls in variant.classes
+)

@@ -1,7 +1,5 @@
 """Every Auto* registration in one place. `import hf_efficient` runs `register_all()` once."""
 
-from dataclasses import dataclass, field
-
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -12,7 +10,8 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from . import models
+from .core.variant import Variant
+from .models import discover
 
 AUTO_HEADS = {
     "masked_lm": AutoModelForMaskedLM,
@@ -22,36 +21,7 @@ AUTO_HEADS = {
     "question_answering": AutoModelForQuestionAnswering,
 }
 
-
-@dataclass(frozen=True)
-class Variant:
-    """A registered variant: its config, bare model and the task heads it supports (keys of AUTO_HEADS)."""
-
-    config: type
-    model: type
-    heads: dict[str, type] = field(default_factory=dict)
-
-    @property
-    def model_type(self) -> str:
-        return self.config.model_type
-
-
-VARIANTS: dict[str, Variant] = {
-    v.model_type: v
-    for v in (
-        Variant(
-            models.longformer.EfficientLongformerConfig,
-            models.longformer.EfficientLongformerModel,
-            {
-                "masked_lm": models.longformer.EfficientLongformerForMaskedLM,
-                "causal_lm": models.longformer.EfficientLongformerForCausalLM,
-                "sequence_classification": models.longformer.EfficientLongformerForSequenceClassification,
-                "token_classification": models.longformer.EfficientLongformerForTokenClassification,
-                "question_answering": models.longformer.EfficientLongformerForQuestionAnswering,
-            },
-        ),
-    )
-}
+VARIANTS: dict[str, Variant] = discover()
 
 
 def register_all() -> None:

@@ -1,7 +1,7 @@
 """Turn a pretrained BERT / GPT-2 / Llama (or transformers Longformer) into an hf-efficient long-context model.
 
 Steps: load the source -> map its weights onto the backbone (families.py) -> extend learned positions
-(positions.py) -> initialise the variant's new parameters (new_parameters.py) -> load with every key and shape
+(positions.py) -> initialise the parameters the variant adds (VARIANT.new_parameters) -> load every key and shape
 accounted for -> check fidelity against the source on real text -> save config, safetensors, tokenizer and card.
 """
 
@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging
 
-from ..auto import VARIANTS, Variant
+from ..auto import VARIANTS
+from ..core.variant import Variant
 from .families import ConversionError, SourceFamily, family_of
 from .model_card import write_model_card
-from .new_parameters import NEW_PARAMETERS
 from .positions import extend_positions
 
 logger = logging.get_logger(__name__)
@@ -48,6 +48,7 @@ class ConversionResult:
     source_length: int
     head: str
     new_parameters: list[str] = field(default_factory=list)
+    new_parameters_recipe: str = ""  # how they were initialised (the variant's docstring)
     new_head_parameters: list[str] = field(default_factory=list)
     fidelity: FidelityReport | None = None
     base_model: str | None = None  # the Hub id for the card's metadata (None for a local folder of unknown origin)
@@ -121,7 +122,7 @@ def convert_model(
         raise ConversionError(f"{variant.model_type} can't take this source: {error}") from error
     if head != "model" and head not in variant.heads:
         raise ConversionError(f"{variant.model_type} has no {head} head; it has {sorted(variant.heads)}.")
-    added = NEW_PARAMETERS.get(variant.model_type, lambda w, c: [])(weights, config)
+    added = variant.new_parameters(weights, config)
     model_class = variant.model if head == "model" else variant.heads[head]
     try:
         model = model_class(config)
@@ -135,7 +136,8 @@ def convert_model(
     new_head = load_exactly(model, weights)
     if new_head:
         logger.warning(f"Newly initialised (not in the source, train them): {new_head}")
-    return ConversionResult(model.eval(), source_name, source_length, head, added, new_head)
+    recipe = " ".join((variant.new_parameters.__doc__ or "").split())
+    return ConversionResult(model.eval(), source_name, source_length, head, added, new_head, recipe)
 
 
 def load_exactly(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:

@@ -48,21 +48,10 @@ task (the model trains with `transformers.Trainer` like any other).
 """
 
 
-def describe_attention(config) -> str:
-    if config.model_type == "efficient_longformer":
-        windows = sorted(set(config.attention_window))
-        dilations = sorted(set(config.attention_dilation))
-        return (f"sliding window {windows} (per layer), dilation {dilations}, global tokens through "
-                "`global_attention_mask` with their own q/k/v projections")
-    return config.model_type
-
-
-def describe_new_parameters(names: list[str]) -> str:
-    if not names:
+def describe_new_parameters(result) -> str:
+    if not result.new_parameters:
         return "none."
-    if all("_global_proj." in name for name in names):
-        return f"{len(names)} tensors: the global q/k/v projections, copied from the local ones."
-    return f"{len(names)} tensors: {names}."
+    return f"{len(result.new_parameters)} tensors. {result.new_parameters_recipe}"
 
 
 def write_model_card(out: Path, result) -> None:
@@ -101,9 +90,9 @@ def write_model_card(out: Path, result) -> None:
             layers=config.num_hidden_layers,
             hidden=config.hidden_size,
             heads=config.num_attention_heads,
-            attention=describe_attention(config),
+            attention=config.describe_attention(),
             positions=positions,
-            new_parameters=describe_new_parameters(result.new_parameters),
+            new_parameters=describe_new_parameters(result),
             fidelity=fidelity_text,
             path=str(out),
         )

@@ -119,6 +119,10 @@ class EfficientConfig(PreTrainedConfig):
         (the degenerate setting in which a converted model must reproduce its source)."""
         raise NotImplementedError(f"{cls.__name__} defines no degenerate full-attention setting.")
 
+    def describe_attention(self) -> str:
+        """One line for model cards: the attention pattern and its knobs."""
+        return self.model_type
+
     @property
     def num_key_value_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads

@@ -40,3 +40,8 @@ class EfficientLongformerConfig(EfficientConfig):
     def full_attention_overrides(cls, length: int) -> dict:
         """A window of 2*length (length-1 tokens or more on each side) and no dilation is full attention."""
         return {"attention_window": 2 * length, "attention_dilation": 1}
+
+    def describe_attention(self) -> str:
+        return (f"sliding window {sorted(set(self.attention_window))} (per layer), dilation "
+                f"{sorted(set(self.attention_dilation))}, global tokens through `global_attention_mask` with their "
+                "own q/k/v projections" + (", the first token always global" if self.global_first_token else ""))

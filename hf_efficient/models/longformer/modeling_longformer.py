@@ -155,6 +155,21 @@ class EfficientLongformerAttention(EfficientAttention):
         return self.merge_heads(attended), weights
 
 
+def global_projections_from_local(weights: dict[str, torch.Tensor], config: EfficientLongformerConfig) -> list[str]:
+    """Conversion: global q/k/v start as copies of the local q/k/v (the Longformer paper, section 5), so before
+    fine-tuning a global token scores keys exactly as the source model would. Returns the names it added."""
+    added = []
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}.self_attn"
+        for name in ("q", "k", "v"):
+            for kind in ("weight", "bias"):
+                local, target = f"{prefix}.{name}_proj.{kind}", f"{prefix}.{name}_global_proj.{kind}"
+                if local in weights and target not in weights:
+                    weights[target] = weights[local].clone()
+                    added.append(target)
+    return added
+
+
 class EfficientLongformerModel(EfficientModel):
     config_class = EfficientLongformerConfig
     attention_class = EfficientLongformerAttention
