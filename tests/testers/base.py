@@ -34,6 +34,10 @@ class VariantTester:
     cpu_backends: tuple[str, ...] = ("blocked",)  # fast paths that run (forward and backward) on CPU
     gpu_backends: tuple[str, ...] = ()  # fast paths that need CUDA
     length: int = 37  # longer than the tiny window, not a multiple of it
+    # how close the config's full_attention_overrides come to exact softmax attention: ~1e-5 where exact (window
+    # covering everything, identity projections), larger where approximate (random features); None = the method
+    # has no such setting (full_attention_overrides raises NotImplementedError)
+    degenerate_tolerance: float | None = 1e-5
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient
