@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
+from .flex import block_mask, flex_attend
 
 
 def band(diff: torch.Tensor, one_sided: int, dilation: int, causal: bool) -> torch.Tensor:
@@ -190,13 +191,6 @@ def scatter_global_rows(
     return attended.index_put((batch_index, global_index[batch_index, slot]), rows[batch_index, slot])
 
 
-@functools.cache
-def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
 def flex_block_mask(
     length: int, one_sided: int, dilation: int, causal: bool, keep: torch.Tensor | None,
     is_global: torch.Tensor | None, device: torch.device,
@@ -213,8 +207,6 @@ def _structural_block_mask(length: int, one_sided: int, dilation: int, causal: b
 
 
 def _build_block_mask(length, one_sided, dilation, causal, keep, is_global, device):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, q_idx, kv_idx):
         diff = q_idx - kv_idx
         allowed = band(diff, one_sided, dilation, causal)
@@ -226,15 +218,11 @@ def _build_block_mask(length, one_sided, dilation, causal, keep, is_global, devi
         return allowed | (diff == 0)
 
     batch = None if keep is None and is_global is None else (keep if keep is not None else is_global).shape[0]
-    return create_block_mask(mask_mod, batch, None, length, length, device=device, _compile=device.type == "cuda")
+    return block_mask(mask_mod, batch, length, device)
 
 
 def sliding_window_flex(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask, scaling: float, compiled: bool = True
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float, compiled: bool = True
 ) -> torch.Tensor:
     """FlexAttention over the block mask (global keys included). q (batch, heads, N, d) -> (batch, N, heads, d)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    attend = _compiled_flex_attention() if compiled else flex_attention
-    out = attend(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
-    return out.transpose(1, 2)
+    return flex_attend(query, key, value, mask, scaling, compiled)

@@ -80,6 +80,25 @@ class EfficientAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=config.attention_bias)
 
+    def choose_backend(self, hidden_states: torch.Tensor, output_attentions: bool, gpu_backend: str | None = "flex",
+                       gpu_min_head_dim: int = 0) -> str:
+        """The path for this call: "reference" when the weights are asked for; under "auto", `gpu_backend` on CUDA
+        (when the head dim allows and no attention dropout is active, which fused kernels don't do) else
+        "blocked", the memory-efficient PyTorch path. A forced backend is taken as is, or refused if it can't run."""
+        if output_attentions:
+            return "reference"  # the only path that materialises the weights
+        chosen = self.config.attention_backend
+        gpu_ok = gpu_backend is not None and hidden_states.is_cuda and self.head_dim >= gpu_min_head_dim
+        if chosen == "auto":
+            dropout_free = not self.training or self.attention_dropout == 0.0
+            return gpu_backend if gpu_ok and dropout_free else "blocked"
+        if chosen == gpu_backend and hidden_states.is_cuda and not gpu_ok:
+            raise ValueError(
+                f"attention_backend={chosen!r} needs head_dim >= {gpu_min_head_dim} on CUDA (this model has "
+                f"{self.head_dim}); use attention_backend='auto' or 'blocked'."
+            )
+        return chosen
+
     @property
     def dropout(self) -> float:
         return self.attention_dropout if self.training else 0.0

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ...attention.flex import MIN_HEAD_DIM, flex_available
 from ...attention.sliding_window import (
     band_keep,
     flex_block_mask,
@@ -26,17 +27,6 @@ from ...core.modeling import EfficientModel
 from .configuration_longformer import EfficientLongformerConfig
 
 logger = logging.get_logger(__name__)
-
-
-FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
-
-
-def flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class EfficientLongformerAttention(EfficientAttention):
@@ -62,19 +52,8 @@ class EfficientLongformerAttention(EfficientAttention):
         self.v_global_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.attention_bias)
 
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
-        if output_attentions:
-            return "reference"  # the only path that materialises the weights
-        chosen = self.config.attention_backend
-        if chosen == "auto":
-            dropout_free = not self.training or self.attention_dropout == 0.0
-            flex_ok = hidden_states.is_cuda and self.head_dim >= FLEX_MIN_HEAD_DIM and flex_available()
-            chosen = "flex" if flex_ok and dropout_free else "blocked"
-        elif chosen == "flex" and hidden_states.is_cuda and self.head_dim < FLEX_MIN_HEAD_DIM:
-            raise ValueError(
-                f"attention_backend='flex' needs head_dim >= {FLEX_MIN_HEAD_DIM} on CUDA (this model has "
-                f"{self.head_dim}); use attention_backend='auto' or 'blocked'."
-            )
-        return chosen
+        gpu = "flex" if flex_available() else None
+        return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
 
     def forward(
         self,

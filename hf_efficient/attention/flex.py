@@ -1,0 +1,45 @@
+"""FlexAttention plumbing shared by the block-sparse mechanisms (Dong et al., "Flex Attention", arXiv 2412.05496).
+
+A mechanism describes its pattern as a `mask_mod(b, h, q_idx, kv_idx) -> bool`; `create_block_mask` turns it into
+a BlockMask whose empty 128x128 blocks are skipped, and the compiled kernel runs fused forward and backward on CUDA.
+On CPU FlexAttention runs forward only, unfused (used in tests to check a mask against a reference).
+"""
+
+import functools
+
+import torch
+
+MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None):
+    """A BlockMask for `mask_mod` (batch None: the same pattern for every row); heads always share it."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(mask_mod, batch, None, length, key_length or length, device=device,
+                             _compile=device.type == "cuda")
+
+
+def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
+                compiled: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = compiled_flex_attention() if compiled else flex_attention
+    out = attend(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2)
