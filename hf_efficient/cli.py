@@ -22,7 +22,8 @@ def parse_value(text: str):
 def add_convert(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="turn a BERT/GPT-2/Llama checkpoint into a long-context variant")
     parser.add_argument("--from", dest="source", default=None,
-                        help="folder or Hub id of the source (default: the packaged all-MiniLM-L6-v2)")
+                        help="folder or Hub id of the source, or packaged:minilm / packaged:smollm2 "
+                        "(default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--to", dest="target", default="longformer", help="target variant, e.g. longformer")
     parser.add_argument("--max-length", type=int, default=4096, help="positions of the converted model")
     parser.add_argument("--out", required=True, help="output folder")

@@ -144,3 +144,15 @@ def test_global_marks_on_padding_are_dropped(backend):
         marked = model(input_ids=ids, attention_mask=mask, global_attention_mask=on_padding).last_hidden_state
         plain = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(marked[mask.bool()], plain[mask.bool()], rtol=0, atol=0)
+
+
+def test_window_wider_than_the_input_stays_small():
+    """A window far beyond the input (the degenerate check uses 2x the source length) is clamped to the input."""
+    config = EfficientLongformerConfig(**SMALL, attention_window=1 << 20, attention_backend="blocked")
+    model = EfficientLongformerModel(config).eval()
+    ids = torch.randint(1, 61, (1, 30), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        blocked = model(input_ids=ids).last_hidden_state
+        config.attention_backend = "reference"
+        reference = model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(blocked, reference, rtol=1e-5, atol=1e-5)

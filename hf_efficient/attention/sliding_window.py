@@ -106,7 +106,9 @@ def sliding_window_blocked(
     """
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
-    block, d = one_sided, dilation
+    d = dilation
+    # a reach beyond the sequence is the whole sequence: clamping keeps blocks (and memory) no larger than the input
+    block = min(one_sided, math.ceil(length / d))
     per_class = math.ceil(length / (d * block)) * block  # M: positions per residue class, a multiple of w
     padded = per_class * d
     blocks = per_class // block

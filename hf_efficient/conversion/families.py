@@ -122,6 +122,95 @@ def bert_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch
     return rename(state_dict, BERT_LAYER_RULES + BERT_HEAD_RULES, ignored)
 
 
+# ---------------------------------------------------------------- RoBERTa
+def roberta_fields(config) -> dict:
+    """RoBERTa is BERT with offset positions: rows 0..pad_token_id of its table are never used by real tokens."""
+    fields = bert_fields(config)
+    fields["max_position_embeddings"] = config.max_position_embeddings - (config.pad_token_id + 1)
+    return fields
+
+
+def drop_position_offset(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """Our positions start at 0 for the first token; RoBERTa-style tables start real tokens at pad_token_id + 1.
+    (Equal for right-padded inputs; RoBERTa counts positions past left padding, ours don't.)"""
+    key = "embeddings.position_embeddings.weight"
+    return {**state_dict, key: state_dict[key][config.pad_token_id + 1 :]}
+
+
+ROBERTA_HEAD_RULES: list[Rule] = [
+    (r"lm_head\.dense\.(weight|bias)", r"lm_head.dense.\1"),
+    (r"lm_head\.layer_norm\.(weight|bias)", r"lm_head.norm.\1"),
+    (r"lm_head\.decoder\.weight", r"lm_head.decoder.weight"),
+    (r"lm_head\.(?:decoder\.)?bias", r"lm_head.decoder.bias"),
+    (r"(qa_outputs|classifier)\.(weight|bias)", r"\1.\2"),
+    (r"classifier\.out_proj\.(weight|bias)", r"classifier.\1"),
+    (r"classifier\.dense\.(weight|bias)", r"model.pooler.dense.\1"),  # dense + act on the first token
+]
+
+
+def roberta_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    state_dict = drop_position_offset(strip_prefix(state_dict, "roberta."), config)
+    return rename(state_dict, BERT_LAYER_RULES + ROBERTA_HEAD_RULES, ignored=[r"embeddings\.position_ids"])
+
+
+# ---------------------------------------------------------------- DistilBERT
+def distilbert_fields(config) -> dict:
+    return dict(
+        vocab_size=config.vocab_size, hidden_size=config.dim, num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads, intermediate_size=config.hidden_dim, hidden_act=config.activation,
+        mlp_type="standard", norm_type="layernorm", norm_position="post", layer_norm_eps=1e-12, attention_bias=True,
+        mlp_bias=True, position_embedding_type="absolute", max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=0, embedding_norm=True, hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attention_dropout, classifier_dropout=config.seq_classif_dropout,
+        initializer_range=config.initializer_range, is_causal=False, use_pooler=True, pooler_act="relu",
+        classifier_pooling="first", masked_lm_transform=True, lm_head_bias=True,
+        tie_word_embeddings=getattr(config, "tie_word_embeddings", True), pad_token_id=config.pad_token_id,
+    )
+
+
+def distilbert_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """DistilBERT's sequence classifier is pre_classifier + ReLU on the first token: our pooler with pooler_act relu."""
+    state_dict = strip_prefix(state_dict, "distilbert.")
+    layer = r"transformer\.layer\.(\d+)\."
+    rules = [
+        (r"embeddings\.word_embeddings\.weight", r"model.embeddings.embed_tokens.weight"),
+        (r"embeddings\.position_embeddings\.weight", r"model.embeddings.embed_positions.weight"),
+        (r"embeddings\.LayerNorm\.(weight|bias)", r"model.embeddings.norm.\1"),
+        (layer + r"attention\.([qkv])_lin\.(weight|bias)", r"model.layers.\1.self_attn.\2_proj.\3"),
+        (layer + r"attention\.out_lin\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
+        (layer + r"sa_layer_norm\.(weight|bias)", r"model.layers.\1.attention_norm.\2"),
+        (layer + r"ffn\.lin1\.(weight|bias)", r"model.layers.\1.mlp.up_proj.\2"),
+        (layer + r"ffn\.lin2\.(weight|bias)", r"model.layers.\1.mlp.down_proj.\2"),
+        (layer + r"output_layer_norm\.(weight|bias)", r"model.layers.\1.mlp_norm.\2"),
+        (r"vocab_transform\.(weight|bias)", r"lm_head.dense.\1"),
+        (r"vocab_layer_norm\.(weight|bias)", r"lm_head.norm.\1"),
+        (r"vocab_projector\.(weight|bias)", r"lm_head.decoder.\1"),
+        (r"pre_classifier\.(weight|bias)", r"model.pooler.dense.\1"),
+        (r"(classifier|qa_outputs)\.(weight|bias)", r"\1.\2"),
+    ]
+    return rename(state_dict, rules, ignored=[r"embeddings\.position_ids"])
+
+
+# ---------------------------------------------------------------- ELECTRA (discriminator)
+def electra_fields(config) -> dict:
+    fields = bert_fields(config)
+    fields.update(embedding_size=config.embedding_size, pooler_act="gelu")
+    return fields
+
+
+def electra_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The discriminator backbone; its classifier is dense + GELU on the first token (our pooler with gelu).
+    The replaced-token-detection head of ElectraForPreTraining has no counterpart and is not carried over."""
+    state_dict = strip_prefix(state_dict, "electra.")
+    rules = BERT_LAYER_RULES + [
+        (r"embeddings_project\.(weight|bias)", r"model.embeddings.project.\1"),
+        (r"(qa_outputs|classifier)\.(weight|bias)", r"\1.\2"),
+        (r"classifier\.out_proj\.(weight|bias)", r"classifier.\1"),
+        (r"classifier\.dense\.(weight|bias)", r"model.pooler.dense.\1"),
+    ]
+    return rename(state_dict, rules, ignored=[r"embeddings\.position_ids", r"discriminator_predictions\..*"])
+
+
 # ---------------------------------------------------------------- GPT-2
 def gpt2_fields(config) -> dict:
     unsupported = {
@@ -213,28 +302,18 @@ def llama_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torc
 
 # ---------------------------------------------------------------- transformers' Longformer
 def longformer_fields(config) -> dict:
-    fields = bert_fields(config)
-    fields.update(max_position_embeddings=config.max_position_embeddings - (config.pad_token_id + 1))
+    fields = roberta_fields(config)
     window = config.attention_window
     fields["attention_window"] = list(window) if isinstance(window, (list, tuple)) else window
     return fields
 
 
 def longformer_weights(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """RoBERTa-style positions: rows 0..pad_token_id of the table are offsets that real tokens never use."""
-    state_dict = strip_prefix(state_dict, "longformer.")
-    positions = "embeddings.position_embeddings.weight"
-    state_dict[positions] = state_dict[positions][config.pad_token_id + 1 :]
-    rules = BERT_LAYER_RULES + [
+    """RoBERTa-style positions and heads, plus the global projections."""
+    state_dict = drop_position_offset(strip_prefix(state_dict, "longformer."), config)
+    rules = BERT_LAYER_RULES + ROBERTA_HEAD_RULES + [
         (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)_global\.(weight|bias)",
          lambda m: f"model.layers.{m.group(1)}.self_attn.{m.group(2)[0]}_global_proj.{m.group(3)}"),
-        (r"lm_head\.dense\.(weight|bias)", r"lm_head.dense.\1"),
-        (r"lm_head\.layer_norm\.(weight|bias)", r"lm_head.norm.\1"),
-        (r"lm_head\.decoder\.weight", r"lm_head.decoder.weight"),
-        (r"lm_head\.(?:decoder\.)?bias", r"lm_head.decoder.bias"),
-        (r"(qa_outputs|classifier)\.(weight|bias)", r"\1.\2"),
-        (r"classifier\.out_proj\.(weight|bias)", r"classifier.\1"),
-        (r"classifier\.dense\.(weight|bias)", r"model.pooler.dense.\1"),  # dense+tanh on the first token
     ]
     return rename(state_dict, rules, ignored=[r"embeddings\.position_ids"])
 
@@ -243,6 +322,10 @@ FAMILIES: dict[str, SourceFamily] = {
     family.name: family
     for family in (
         SourceFamily("bert", ("bert",), bert_fields, bert_weights, ENCODER_HEADS),
+        SourceFamily("roberta", ("roberta", "xlm-roberta"), roberta_fields, roberta_weights, ENCODER_HEADS),
+        SourceFamily("distilbert", ("distilbert",), distilbert_fields, distilbert_weights, ENCODER_HEADS),
+        SourceFamily("electra", ("electra",), electra_fields, electra_weights,
+                     {**ENCODER_HEADS, "ForPreTraining": "model"}),  # the discriminator backbone
         SourceFamily("gpt2", ("gpt2",), gpt2_fields, gpt2_weights, DECODER_HEADS),
         SourceFamily("llama", ("llama",), llama_fields, llama_weights, DECODER_HEADS),
         SourceFamily("longformer", ("longformer",), longformer_fields, longformer_weights, ENCODER_HEADS),

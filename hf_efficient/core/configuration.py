@@ -23,6 +23,7 @@ _CHOICES = {
     "mlp_type": ("standard", "gated"),
     "classifier_pooling": ("first", "last"),
     "attention_backend": ("auto", "reference", "blocked", "flex"),
+    "pooler_act": ("tanh", "relu", "gelu"),
 }
 
 
@@ -55,6 +56,7 @@ class EfficientConfig(PreTrainedConfig):
     rope_parameters: dict | None = None  # {"rope_type": "default", "rope_theta": 10000.0, ...} for rotary
     type_vocab_size: int = 2  # 0 = no token-type embeddings
     embedding_norm: bool = True  # BERT normalises the summed embeddings
+    embedding_size: int | None = None  # ELECTRA-small's narrower embeddings, projected up; None = hidden_size
     # regularisation and init
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
@@ -62,7 +64,8 @@ class EfficientConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     # direction and heads
     is_causal: bool = False
-    use_pooler: bool = True  # BERT's tanh pooler over the first token
+    use_pooler: bool = True  # BERT's pooler over the first token: pooler_act(W h_first + b)
+    pooler_act: str = "tanh"  # tanh (BERT, RoBERTa), relu (DistilBERT's pre_classifier), gelu (ELECTRA)
     classifier_pooling: str | None = None  # "first" or "last" token; None = "last" if causal else "first"
     masked_lm_transform: bool = True  # BERT's dense + act + norm before the masked-LM decoder
     lm_head_bias: bool = True
@@ -85,6 +88,8 @@ class EfficientConfig(PreTrainedConfig):
                     f"{self.num_attention_heads}; change one of them or set head_dim explicitly."
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
         if self.classifier_pooling is None:
             self.classifier_pooling = "last" if self.is_causal else "first"
         if self.position_embedding_type == "rotary" and self.rope_parameters is None:
@@ -97,7 +102,7 @@ class EfficientConfig(PreTrainedConfig):
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not supported; use one of {choices}.")
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "max_position_embeddings", "head_dim", "num_key_value_heads"):
+                      "max_position_embeddings", "head_dim", "num_key_value_heads", "embedding_size"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)!r}.")
         if self.num_attention_heads % self.num_key_value_heads:

@@ -9,21 +9,20 @@ from .layers import build_norm
 
 
 class EfficientEmbeddings(nn.Module):
-    """x = dropout(norm(E_tok[ids] + E_pos[pos] + E_type[types])), each term present only where the config has it."""
+    """x = project(dropout(norm(E_tok[ids] + E_pos[pos] + E_type[types]))), each term present only where the config
+    has it (the projection only when embedding_size != hidden_size, as in ELECTRA-small)."""
 
     def __init__(self, config: EfficientConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        size = config.embedding_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
         self.embed_positions = (
-            nn.Embedding(config.max_position_embeddings, config.hidden_size)
-            if config.position_embedding_type == "absolute"
-            else None
+            nn.Embedding(config.max_position_embeddings, size) if config.position_embedding_type == "absolute" else None
         )
-        self.embed_token_types = (
-            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
-        )
-        self.norm = build_norm(config) if config.embedding_norm else None
+        self.embed_token_types = nn.Embedding(config.type_vocab_size, size) if config.type_vocab_size > 0 else None
+        self.norm = build_norm(config, size) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = nn.Linear(size, config.hidden_size) if size != config.hidden_size else None
 
     def forward(
         self,
@@ -43,7 +42,8 @@ class EfficientEmbeddings(nn.Module):
             raise ValueError("token_type_ids were given, but this model has no token-type embeddings.")
         if self.norm is not None:
             hidden = self.norm(hidden)
-        return self.dropout(hidden)
+        hidden = self.dropout(hidden)
+        return self.project(hidden) if self.project is not None else hidden
 
 
 LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}  # they recompute frequencies per input length

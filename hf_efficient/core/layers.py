@@ -23,10 +23,11 @@ class EfficientRMSNorm(nn.Module):
         return self.weight * hidden.to(input_dtype)
 
 
-def build_norm(config: EfficientConfig) -> nn.Module:
+def build_norm(config: EfficientConfig, size: int | None = None) -> nn.Module:
+    size = size or config.hidden_size
     if config.norm_type == "rmsnorm":
-        return EfficientRMSNorm(config.hidden_size, config.layer_norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        return EfficientRMSNorm(size, config.layer_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps)
 
 
 class EfficientMLP(nn.Module):

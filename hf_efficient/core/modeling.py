@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.utils import logging
@@ -36,14 +37,15 @@ class EfficientPreTrainedModel(PreTrainedModel):
 
 
 class EfficientPooler(nn.Module):
-    """BERT's pooler: tanh(W h_first + b)."""
+    """BERT's pooler: act(W h_first + b), act = tanh (BERT/RoBERTa), relu (DistilBERT) or gelu (ELECTRA)."""
 
     def __init__(self, config: EfficientConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.pooler_act]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
+        return self.act(self.dense(hidden[:, 0]))
 
 
 class EfficientModel(EfficientPreTrainedModel):
