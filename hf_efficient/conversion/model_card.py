@@ -50,7 +50,7 @@ task (the model trains with `transformers.Trainer` like any other).
 
 def describe_new_parameters(result) -> str:
     if not result.new_parameters:
-        return "none."
+        return f"none. {result.new_parameters_recipe}".strip()
     return f"{len(result.new_parameters)} tensors. {result.new_parameters_recipe}"
 
 
