@@ -1,0 +1,145 @@
+"""EfficientLinearTransformer: the backbone with linear attention (elu(x)+1 feature map) in every layer."""
+
+import torch
+from transformers.cache_utils import Cache
+
+from ...attention.linear import (
+    elu_feature_map,
+    linear_attention_bidirectional,
+    linear_attention_causal_chunked,
+    linear_attention_reference,
+    linear_state,
+)
+from ...core.attention import EfficientAttention, repeat_kv
+from ...core.heads import (
+    EfficientForCausalLM,
+    EfficientForMaskedLM,
+    EfficientForQuestionAnswering,
+    EfficientForSequenceClassification,
+    EfficientForTokenClassification,
+)
+from ...core.modeling import EfficientModel
+from .cache_linear_transformer import LinearAttentionCache, as_linear_attention_cache
+from .configuration_linear_transformer import EfficientLinearTransformerConfig
+
+
+class EfficientLinearTransformerAttention(EfficientAttention):
+    """Linear attention: Katharopoulos et al., "Transformers are RNNs: Fast Autoregressive Transformers with Linear
+    Attention" (arXiv 2006.16236).
+
+    out_i = phi(q_i)^T S / (phi(q_i)^T z + eps), S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j), phi = elu + 1, over
+    the real keys (j <= i when causal). Time O(N d^2) (causal: O(N (C + d) d) in chunks of C), memory O(d^2 + N d)
+    bidirectional, O(N d^2 / C + N C + N d) causal; decoding carries (S, z): O(d^2) time and memory per token.
+    The paths are in attention/linear.py; the chunked PyTorch form is also the GPU path (flash-linear-attention's
+    kernels are not used yet).
+
+    Deviations from the paper: no 1/sqrt(d) scaling (the paper has none either: phi(q)^T phi(k) is the kernel);
+    with rotary positions (Llama) q and k are rotated *before* the feature map, which is what converting a Llama
+    gives, so the score is no longer a function of the relative position alone (RoFormer's linear variant rotates
+    after phi instead); attention dropout does not apply (no attention matrix is formed); padding rows of the output
+    are zero.
+    """
+
+    supports_cache = True
+
+    def __init__(self, config: EfficientLinearTransformerConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.eps = config.linear_attention_eps
+        self.chunk_size = config.causal_chunk_size
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query, key, value = self.project(hidden_states, position_embeddings)
+        length = query.shape[2]
+        keep = None if attention_mask is None else attention_mask[:, -length:]  # this call's tokens
+        query_features, key_features = elu_feature_map(query), elu_feature_map(key)  # float32
+        state_layer = None if past_key_values is None else past_key_values.layers[self.layer_idx]
+        initial_state = None if state_layer is None else state_layer.current()
+        backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
+        weights, final_state = None, None
+        if backend == "reference":
+            if initial_state is not None:
+                raise ValueError(
+                    "Attention weights over earlier tokens are not kept by the linear-attention state: call with "
+                    "output_attentions=False (and attention_backend other than 'reference') while decoding, or "
+                    "use_cache=False."
+                )
+            groups = self.num_key_value_groups
+            attended, weights = linear_attention_reference(
+                query_features, repeat_kv(key_features, groups), repeat_kv(value, groups), keep, self.is_causal,
+                self.eps,
+            )
+            weights = weights.to(value.dtype)
+            if state_layer is not None:
+                real_keys = key_features if keep is None else key_features * keep[:, None, :, None]
+                final_state = linear_state(real_keys, value)
+        elif backend == "blocked":
+            if keep is not None:
+                key_features = key_features * keep[:, None, :, None]  # padding keys contribute nothing
+            if self.is_causal:
+                attended, final_state = linear_attention_causal_chunked(
+                    query_features, key_features, value, self.eps, self.chunk_size, initial_state
+                )
+            else:
+                attended = linear_attention_bidirectional(query_features, key_features, value, self.eps)
+        else:
+            raise ValueError(
+                f"attention_backend={backend!r} is not available for linear attention; use 'auto' or 'blocked' (the "
+                "chunked PyTorch form, also the GPU path) or 'reference'."
+            )
+        if state_layer is not None:
+            state_layer.store(final_state, length)
+        if keep is not None:
+            attended = attended * keep[:, :, None, None]
+        return self.merge_heads(attended.to(value.dtype)), weights
+
+
+def reuse_projections(weights: dict[str, torch.Tensor], config: EfficientLinearTransformerConfig) -> list[str]:
+    """Conversion adds no parameters: the source's q/k/v/o projections are reused as they are. The elu(x)+1 kernel
+    replaces softmax(q k^T / sqrt(d)), so the converted model computes a different function from its source (the
+    fidelity report gives only the as-converted difference) and must be fine-tuned. Returns the names it added."""
+    return []
+
+
+class EfficientLinearTransformerModel(EfficientModel):
+    config_class = EfficientLinearTransformerConfig
+    attention_class = EfficientLinearTransformerAttention
+
+    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
+        """The base decision (causal models, eval mode by default), with a state cache instead of keys/values."""
+        cache = super()._resolve_cache(past_key_values, use_cache, has_global)
+        if cache is not None and past_key_values is None:
+            return LinearAttentionCache(self.config.num_hidden_layers)
+        return as_linear_attention_cache(cache, self.config.num_hidden_layers)
+
+
+class EfficientLinearTransformerForMaskedLM(EfficientForMaskedLM):
+    config_class = EfficientLinearTransformerConfig
+    model_class = EfficientLinearTransformerModel
+
+
+class EfficientLinearTransformerForCausalLM(EfficientForCausalLM):
+    config_class = EfficientLinearTransformerConfig
+    model_class = EfficientLinearTransformerModel
+
+
+class EfficientLinearTransformerForSequenceClassification(EfficientForSequenceClassification):
+    config_class = EfficientLinearTransformerConfig
+    model_class = EfficientLinearTransformerModel
+
+
+class EfficientLinearTransformerForTokenClassification(EfficientForTokenClassification):
+    config_class = EfficientLinearTransformerConfig
+    model_class = EfficientLinearTransformerModel
+
+
+class EfficientLinearTransformerForQuestionAnswering(EfficientForQuestionAnswering):
+    config_class = EfficientLinearTransformerConfig
+    model_class = EfficientLinearTransformerModel
