@@ -57,6 +57,7 @@ def test_cli_converts_bert_into_a_long_model(tmp_path, capsys):
     card = (out / "README.md").read_text()
     figure = float(printed.split("max abs diff ")[1].split()[0])
     assert figure <= 1e-5 and f"{figure:.2e}" in card
+    assert "New parameters: 12 tensors. Conversion: global q/k/v start as copies of the local q/k/v" in card
 
     model = AutoModel.from_pretrained(out).eval()
     assert type(model) is hf_efficient.EfficientLongformerModel

@@ -157,7 +157,8 @@ def convert_model(
     if new_head:
         logger.warning(f"Newly initialised (not in the source, train them): {new_head}")
     recipe = " ".join((variant.new_parameters.__doc__ or "").split())
-    return ConversionResult(model.eval(), source_name, source_length, head, added, new_head, recipe)
+    return ConversionResult(model.eval(), source_name, source_length, head, new_parameters=added,
+                            new_parameters_recipe=recipe, new_head_parameters=new_head)
 
 
 def load_exactly(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
