@@ -27,11 +27,12 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None):
-    """A BlockMask for `mask_mod` (batch None: the same pattern for every row); heads always share it."""
+def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None,
+               heads: int | None = None):
+    """A BlockMask for `mask_mod` (batch / heads None: the same pattern for every row / head)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(mask_mod, batch, None, length, key_length or length, device=device,
+    return create_block_mask(mask_mod, batch, heads, length, key_length or length, device=device,
                              _compile=device.type == "cuda")
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
 from .flex import block_mask, flex_attend
+from .global_tokens import gather_positions
 
 
 def band(diff: torch.Tensor, one_sided: int, dilation: int, causal: bool) -> torch.Tensor:
@@ -40,21 +41,6 @@ def band_keep(query_positions: torch.Tensor, key_positions: torch.Tensor, one_si
               causal: bool) -> torch.Tensor:
     """(q, k) bool band over explicit positions."""
     return band(query_positions[:, None] - key_positions[None, :], one_sided, dilation, causal)
-
-
-def global_slots(is_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, seq) bool -> positions (batch, G) of each row's global tokens in order, and which slots are real."""
-    counts = is_global.sum(1)
-    most = int(counts.max())
-    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :most]
-    valid = torch.arange(most, device=is_global.device)[None, :] < counts[:, None]
-    return order, valid
-
-
-def gather_positions(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """states (batch, heads, seq, d), index (batch, G) -> (batch, heads, G, d)."""
-    batch, heads, _, dim = states.shape
-    return states.gather(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim))
 
 
 def sliding_window_reference(
@@ -183,14 +169,6 @@ def global_rows(
     mask = mask | (positions == global_index[:, None, :, None])
     attended, _ = attention.attend(gather_positions(global_query, global_index), global_key, global_value, mask)
     return attended
-
-
-def scatter_global_rows(
-    attended: torch.Tensor, rows: torch.Tensor, global_index: torch.Tensor, global_valid: torch.Tensor
-) -> torch.Tensor:
-    """Overwrite the global tokens' rows of attended (batch, N, heads, d) with rows (batch, G, heads, d)."""
-    batch_index, slot = global_valid.nonzero(as_tuple=True)
-    return attended.index_put((batch_index, global_index[batch_index, slot]), rows[batch_index, slot])
 
 
 def flex_block_mask(

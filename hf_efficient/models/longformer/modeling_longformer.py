@@ -5,12 +5,11 @@ from torch import nn
 from transformers.utils import logging
 
 from ...attention.flex import MIN_HEAD_DIM, flex_available
+from ...attention.global_tokens import global_slots, scatter_global_rows
 from ...attention.sliding_window import (
     band_keep,
     flex_block_mask,
     global_rows,
-    global_slots,
-    scatter_global_rows,
     sliding_window_blocked,
     sliding_window_flex,
     sliding_window_reference,

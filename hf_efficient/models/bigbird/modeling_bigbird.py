@@ -1,0 +1,155 @@
+"""EfficientBigBird: the backbone with BigBird-ITC block-sparse attention in every layer (an encoder)."""
+
+import torch
+from transformers.utils import logging
+
+from ...attention.block_sparse import (
+    block_layout,
+    block_sparse_blocked,
+    block_sparse_flex,
+    block_sparse_reference,
+    block_table,
+    draw_random_blocks,
+    flex_block_mask,
+    random_table,
+    seeded_random_blocks,
+    token_keep,
+)
+from ...attention.flex import MIN_HEAD_DIM, flex_available
+from ...core.attention import EfficientAttention, repeat_kv
+from ...core.heads import (
+    EfficientForMaskedLM,
+    EfficientForQuestionAnswering,
+    EfficientForSequenceClassification,
+    EfficientForTokenClassification,
+)
+from ...core.modeling import EfficientModel
+from .configuration_bigbird import EfficientBigBirdConfig
+
+logger = logging.get_logger(__name__)
+
+
+class EfficientBigBirdAttention(EfficientAttention):
+    """BigBird attention: Zaheer et al., "Big Bird: Transformers for Longer Sequences" (arXiv 2007.14062), ITC.
+
+    Query block i: softmax over the keys of its w sliding blocks, the g global blocks (the first/last blocks, which
+    themselves attend everywhere) and r random blocks, with the ordinary q/k/v projections.
+    Time O(N (w + r + g) b d), memory O(N (w + r + g) b) (see attention/block_sparse.py for the paths).
+    Randomness: no buffer; the random blocks are a pure function of (config.seed, layer, blocks in the row), drawn
+    per key/value head by `random_blocks` (a seeded CPU generator, cached), so save/load and every device give the same
+    pattern. Rows too short for the pattern get exact full attention, decided per call and per row (no state).
+    Encoder-only: causal use is refused by the config.
+    """
+
+    supports_causal = False
+    supports_global_attention = True
+
+    def random_blocks(self, num_blocks: int, draw: int | None = None) -> torch.Tensor:
+        """(kv_heads, num_blocks, r) long: this layer's random key blocks for a row of `num_blocks` blocks (rows of
+        global query blocks are unused). `draw` replaces config.seed (fresh patterns in training)."""
+        config = self.config
+        if num_blocks < config.min_sparse_blocks:
+            raise ValueError(f"A row of {num_blocks} blocks uses full attention (it needs at least "
+                             f"{config.min_sparse_blocks} for the sparse pattern); it has no random blocks.")
+        arguments = (self.layer_idx, num_blocks, self.num_key_value_heads, config.num_random_blocks,
+                     config.num_global_blocks, config.num_sliding_blocks)
+        if draw is None:
+            return seeded_random_blocks(config.seed, *arguments)
+        return draw_random_blocks(draw, *arguments)
+
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        gpu = "flex" if flex_available() else None
+        return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values=None,
+        global_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        shared_state: dict | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if past_key_values is not None:
+            raise ValueError("EfficientBigBird is an encoder and has no KV cache; call without past_key_values.")
+        shared_state = {} if shared_state is None else shared_state
+        config = self.config
+        query, key, value = self.project(hidden_states, position_embeddings)
+        batch, length = hidden_states.shape[:2]
+        if "bigbird_layout" not in shared_state:
+            layout = block_layout(attention_mask, global_attention_mask, batch, length, config.block_size,
+                                  config.num_global_blocks, config.min_sparse_blocks, hidden_states.device)
+            if bool(layout.short.any()):
+                logger.warning_once(
+                    f"EfficientBigBird: inputs of fewer than {config.min_sparse_blocks} blocks of {config.block_size} "
+                    "tokens are too short for the block-sparse pattern and use exact full attention."
+                )
+            shared_state["bigbird_layout"] = layout
+        layout = shared_state["bigbird_layout"]
+        draw = None
+        if self.training and config.resample_random_blocks_in_training:
+            draw = int(torch.randint(0, 2**62, (1,)))  # torch's global generator, like dropout
+        random = random_table(layout, self.num_key_value_heads, config.num_random_blocks,
+                              lambda blocks: self.random_blocks(blocks, draw))
+
+        backend = self.backend(hidden_states, output_attentions)
+        if backend == "reference":
+            keep = token_keep(layout, block_table(layout, random, config.num_sliding_blocks))
+            groups = self.num_key_value_groups
+            attended, weights = block_sparse_reference(
+                query, repeat_kv(key, groups), repeat_kv(value, groups), repeat_kv(keep, groups), self.scaling
+            )
+        elif backend == "blocked":
+            attended, weights = block_sparse_blocked(
+                self, query, key, value, layout, random, config.num_sliding_blocks
+            ), None
+        elif backend == "flex":
+            table = block_table(layout, random, config.num_sliding_blocks)
+            mask = flex_block_mask(layout, table, self.num_heads, query.device)
+            attended, weights = block_sparse_flex(query, key, value, mask, self.scaling), None
+        else:
+            raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
+        if attention_mask is not None:  # padding rows are zero
+            attended = attended * attention_mask[:, :, None, None]
+            if weights is not None:
+                weights = weights * attention_mask[:, None, :, None]
+        return self.merge_heads(attended), (weights if output_attentions else None)
+
+
+def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientBigBirdConfig) -> list[str]:
+    """None: BigBird-ITC adds no parameters; every layer keeps the source's q/k/v/o projections, and the random
+    blocks come from the config's seed, not from weights. Below g + w + 2r blocks the model is the source exactly."""
+    return []
+
+
+class EfficientBigBirdModel(EfficientModel):
+    config_class = EfficientBigBirdConfig
+    attention_class = EfficientBigBirdAttention
+
+    def resample_random_blocks(self, seed: int | None = None) -> int:
+        """Redraw every layer's random blocks by changing config.seed (to `seed`, or one drawn from torch's global
+        generator); saved with the config, so save/load keeps the new pattern. Returns the seed."""
+        self.config.seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        return self.config.seed
+
+
+class EfficientBigBirdForMaskedLM(EfficientForMaskedLM):
+    config_class = EfficientBigBirdConfig
+    model_class = EfficientBigBirdModel
+
+
+class EfficientBigBirdForSequenceClassification(EfficientForSequenceClassification):
+    config_class = EfficientBigBirdConfig
+    model_class = EfficientBigBirdModel
+
+
+class EfficientBigBirdForTokenClassification(EfficientForTokenClassification):
+    config_class = EfficientBigBirdConfig
+    model_class = EfficientBigBirdModel
+
+
+class EfficientBigBirdForQuestionAnswering(EfficientForQuestionAnswering):
+    config_class = EfficientBigBirdConfig
+    model_class = EfficientBigBirdModel

@@ -1,0 +1,10 @@
+from .base import VariantTester
+
+TESTER = VariantTester(
+    "efficient_bigbird",
+    # blocks of 4 with 3 sliding + 1 random + 2 global: rows of 8+ blocks (29+ tokens) are sparse, so the 37- and
+    # 30-token rows are sparse and the 12-token row takes the full-attention fallback
+    mechanism=dict(block_size=4, num_random_blocks=1),
+    cpu_backends=("blocked",),
+    gpu_backends=("flex",),
+)
