@@ -156,3 +156,11 @@ def test_window_wider_than_the_input_stays_small():
         config.attention_backend = "reference"
         reference = model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(blocked, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_knobs_given_to_from_pretrained_are_normalised_and_checked(tmp_path):
+    EfficientLongformerModel(EfficientLongformerConfig(**SMALL, attention_window=4)).save_pretrained(tmp_path)
+    model = EfficientLongformerModel.from_pretrained(tmp_path, attention_window=8)
+    assert model.config.attention_window == [8] and model.layers[0].self_attn.one_sided == 4
+    with pytest.raises(ValueError, match="positive even"):
+        EfficientLongformerModel.from_pretrained(tmp_path, attention_window=5)

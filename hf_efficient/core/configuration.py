@@ -96,6 +96,12 @@ class EfficientConfig(PreTrainedConfig):
             self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
         super().__post_init__(**kwargs)
         self.validate_backbone()
+        self.validate_mechanism()
+
+    def validate_mechanism(self) -> None:
+        """Normalise and check the variant's own knobs (expand per-layer ints, raise ValueErrors saying what to
+        change). Runs when the config is made and again when a model is built, because
+        `from_pretrained(path, knob=value)` sets attributes after the config exists."""
 
     def validate_backbone(self) -> None:
         for field, choices in _CHOICES.items():

@@ -54,6 +54,8 @@ class EfficientModel(EfficientPreTrainedModel):
     attention_class: type[nn.Module] = FullAttention
 
     def __init__(self, config: EfficientConfig):
+        config.validate_backbone()
+        config.validate_mechanism()
         super().__init__(config)
         attention = self.attention_class
         if config.is_causal and not attention.supports_causal:

@@ -1,7 +1,5 @@
 """Configuration of EfficientBigBird (Zaheer et al., arXiv 2007.14062), the ITC form."""
 
-from typing import Any
-
 from ...core.configuration import EfficientConfig
 
 
@@ -36,7 +34,7 @@ class EfficientBigBirdConfig(EfficientConfig):
     seed: int = 0
     resample_random_blocks_in_training: bool = False
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def validate_mechanism(self) -> None:
         if self.is_causal:
             raise ValueError(
                 "BigBird's block-sparse attention is bidirectional (encoder-only; global blocks see the whole "
@@ -59,7 +57,6 @@ class EfficientBigBirdConfig(EfficientConfig):
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed={self.seed!r}: use an integer.")
-        super().__post_init__(**kwargs)
 
     @property
     def min_sparse_blocks(self) -> int:

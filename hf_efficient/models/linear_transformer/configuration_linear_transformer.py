@@ -1,7 +1,5 @@
 """Configuration of EfficientLinearTransformer (Katharopoulos et al., arXiv 2006.16236)."""
 
-from typing import Any
-
 from transformers.utils import logging
 
 from ...core.configuration import EfficientConfig
@@ -25,7 +23,7 @@ class EfficientLinearTransformerConfig(EfficientConfig):
     causal_chunk_size: int = 64
     attention_probs_dropout_prob: float = 0.0
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def validate_mechanism(self) -> None:
         if isinstance(self.linear_attention_eps, bool) or not isinstance(self.linear_attention_eps, (int, float)) \
                 or not self.linear_attention_eps > 0:
             raise ValueError(
@@ -35,7 +33,6 @@ class EfficientLinearTransformerConfig(EfficientConfig):
         if isinstance(self.causal_chunk_size, bool) or not isinstance(self.causal_chunk_size, int) \
                 or self.causal_chunk_size <= 0:
             raise ValueError(f"causal_chunk_size={self.causal_chunk_size!r}: use a positive integer, e.g. 64.")
-        super().__post_init__(**kwargs)
         if self.attention_probs_dropout_prob > 0:
             logger.warning_once(
                 f"attention_probs_dropout_prob={self.attention_probs_dropout_prob} is not used: linear attention never "

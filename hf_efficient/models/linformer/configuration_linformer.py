@@ -1,7 +1,5 @@
 """Configuration of EfficientLinformer (Wang et al., arXiv 2006.04768)."""
 
-from typing import Any
-
 from ...core.configuration import EfficientConfig
 
 SHARING_MODES = ("none", "headwise", "key_value", "layerwise")
@@ -38,7 +36,7 @@ class EfficientLinformerConfig(EfficientConfig):
     projection_init: str = "average_pooling"
     identity_projection: bool = False
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def validate_mechanism(self) -> None:
         if self.is_causal:
             raise ValueError(
                 "Linformer can't be causal: E and F mix every position (future ones included) into each projected "
@@ -50,7 +48,6 @@ class EfficientLinformerConfig(EfficientConfig):
         if self.projection_init not in PROJECTION_INITS:
             raise ValueError(f"projection_init={self.projection_init!r} is not supported; use one of "
                              f"{PROJECTION_INITS}.")
-        super().__post_init__(**kwargs)
         k, n = self.projected_length, self.max_position_embeddings
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"projected_length must be a positive integer (the paper uses 256), got {k!r}.")

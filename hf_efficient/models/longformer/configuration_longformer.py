@@ -1,7 +1,5 @@
 """Configuration of EfficientLongformer (Beltagy et al., arXiv 2004.05150)."""
 
-from typing import Any
-
 from ...core.configuration import EfficientConfig
 
 
@@ -22,7 +20,7 @@ class EfficientLongformerConfig(EfficientConfig):
     attention_dilation: int | list[int] = 1
     global_first_token: bool = False
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def validate_mechanism(self) -> None:
         self.attention_window = self.per_layer(self.attention_window, "attention_window")
         self.attention_dilation = self.per_layer(self.attention_dilation, "attention_dilation")
         for layer, window in enumerate(self.attention_window):
@@ -34,7 +32,6 @@ class EfficientLongformerConfig(EfficientConfig):
         for layer, dilation in enumerate(self.attention_dilation):
             if not isinstance(dilation, int) or dilation <= 0:
                 raise ValueError(f"attention_dilation[{layer}]={dilation!r}: use a positive integer (1 = none).")
-        super().__post_init__(**kwargs)
 
     @classmethod
     def full_attention_overrides(cls, length: int) -> dict:
