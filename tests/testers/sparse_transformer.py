@@ -1,0 +1,10 @@
+from .base import VariantTester
+
+TESTER = VariantTester(
+    "efficient_sparse_transformer",
+    # strided, l = 6 on the 37-token inputs: 7 blocks (the last partial), both factors merged exactly per head
+    # (the log-sum-exp path); tests/test_sparse_transformer.py covers every pattern x combination
+    mechanism=dict(pattern="strided", local_size=6, num_summary=2, combination="merged"),
+    cpu_backends=("blocked",),
+    gpu_backends=("flex",),
+)
