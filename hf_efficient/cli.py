@@ -1,4 +1,5 @@
-"""`hf-efficient` command line: convert pretrained weights into a long-context variant, and use the result."""
+"""`hf-efficient` command line: convert pretrained weights into a long-context variant, use the result, and draw the
+attention pattern a model really uses."""
 
 import argparse
 import json
@@ -98,6 +99,38 @@ def run_embed(args) -> int:
     return 0
 
 
+def add_show_pattern(subparsers) -> None:
+    parser = subparsers.add_parser("show-pattern", help="write a PNG of the attention pattern a model really uses")
+    parser.add_argument("model", help="a variant (e.g. longformer) built small with its defaults, or a model folder")
+    parser.add_argument("--length", type=int, default=256, help="sequence length")
+    parser.add_argument("--out", default=None, help="PNG path (default: pattern-<model>-<length>.png)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config knobs of the variant")
+    parser.add_argument("--heads", type=int, nargs="+", default=None, help="heads to draw (default: all)")
+    parser.add_argument("--global-tokens", type=int, nargs="+", default=None,
+                        help="positions made global through global_attention_mask (variants that have them)")
+    parser.set_defaults(run=run_show_pattern)
+
+
+def run_show_pattern(args) -> int:
+    import torch
+
+    from .patterns import attention_weights, grid, pattern_model, write_png
+
+    knobs = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    model = pattern_model(args.model, args.length, **knobs)
+    inputs = {}
+    if args.global_tokens:
+        inputs["global_attention_mask"] = torch.zeros(1, args.length, dtype=torch.long)
+        inputs["global_attention_mask"][0, args.global_tokens] = 1
+    weights = attention_weights(model, args.length, **inputs)
+    out = args.out or f"pattern-{Path(args.model).name}-{args.length}.png"
+    write_png(grid(weights, args.heads), out)
+    kept = (weights > 0).float().mean().item()
+    print(f"{out}: {weights.shape[0]} layers x {len(args.heads or range(weights.shape[1]))} heads, {args.length} "
+          f"tokens; {kept:.1%} of query-key pairs attended ({model.config.describe_attention()})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import hf_efficient  # noqa: F401  (registers the variants with the Auto classes)
 
@@ -105,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(required=True)
     add_convert(subparsers)
     add_embed(subparsers)
+    add_show_pattern(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
