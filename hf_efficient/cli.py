@@ -38,6 +38,7 @@ def add_convert(subparsers) -> None:
                         help="any other config field of the target, e.g. --set attention_dilation=2")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-check", action="store_true", help="skip the fidelity check")
+    parser.add_argument("--expect-family", nargs="+", default=None, help=argparse.SUPPRESS)  # conversion_scripts/
     parser.set_defaults(run=run_convert)
 
 
@@ -48,7 +49,8 @@ def run_convert(args) -> int:
         options["attention_window"] = args.attention_window
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
-        position_init=args.position_init, overwrite=args.overwrite, check=not args.no_check, **options,
+        position_init=args.position_init, overwrite=args.overwrite, check=not args.no_check,
+        expect_family=args.expect_family, **options,
     )
     config = result.model.config
     parameters = sum(p.numel() for p in result.model.parameters())

@@ -274,10 +274,16 @@ def convert(
     position_init: str = "copy",
     overwrite: bool = False,
     check: bool = True,
+    expect_family: list[str] | None = None,
     **options,
 ) -> ConversionResult:
-    """The whole conversion, with progress; writes `out` when given. `options` go to the target's config."""
+    """The whole conversion, with progress; writes `out` when given. `options` go to the target's config.
+    `expect_family` (e.g. ["bert"]) refuses a source of another family before any work is done."""
     source, load_kwargs, base_model = resolve_source(source)
+    if expect_family is not None:
+        family = family_of(AutoConfig.from_pretrained(source, **load_kwargs))
+        if family.name not in expect_family:
+            raise ConversionError(f"{source} is a {family.name} model; this script converts {expect_family} sources.")
     out_dir = prepare_output(out, overwrite) if out is not None else None
     steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
     steps.set_postfix_str("loading source")
