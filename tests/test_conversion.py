@@ -153,3 +153,24 @@ def test_position_extension_methods():
     torch.testing.assert_close(stretched[-1], table[-1])
     with pytest.raises(ValueError, match="copy"):
         extend_positions(table, 20, "nearest")
+
+
+@pytest.mark.parametrize("head", ["masked_lm", "causal_lm"])
+def test_language_model_loss_matches_the_source_in_the_full_attention_setting(tmp_path, head):
+    """Held-out loss: with a window covering every window of text and the source's own length, the converted model's
+    loss equals the source's; with a small window it is measured (and differs)."""
+    save_tiny_bert(tmp_path / "src", head=BertForMaskedLM, seed=3)  # writes the tokenizer too
+    if head == "causal_lm":
+        torch.manual_seed(3)
+        GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                   pad_token_id=0)).save_pretrained(tmp_path / "src")
+    wide = convert(str(tmp_path / "src"), "longformer", out=None, max_length=64, attention_window=128,
+                   eval_tokens=600)
+    lm = wide.fidelity.language_model
+    assert lm.metric == ("masked-LM loss" if head == "masked_lm" else "causal-LM loss")
+    assert lm.tokens == 600 and lm.source_context == lm.converted_context == 64
+    assert abs(lm.converted_loss - lm.source_loss) <= 1e-5 * lm.source_loss
+    narrow = convert(str(tmp_path / "src"), "longformer", out=None, max_length=256, attention_window=4,
+                     eval_tokens=600).fidelity.language_model
+    assert narrow.converted_context == 256 and narrow.source_loss == pytest.approx(lm.source_loss)
+    assert narrow.converted_loss != pytest.approx(lm.source_loss, rel=1e-4)

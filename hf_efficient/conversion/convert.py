@@ -18,6 +18,7 @@ from transformers.utils import logging
 
 from ..auto import VARIANTS
 from ..core.variant import Variant
+from .evaluation import LossReport, language_model_losses
 from .families import ConversionError, SourceFamily, family_of
 from .model_card import write_model_card
 from .positions import extend_positions
@@ -39,6 +40,7 @@ class FidelityReport:
     degenerate_overrides: dict | None  # None: the method has no setting equal to full attention
     degenerate_max_abs_diff: float | None  # with the variant's full-attention setting: ~0 where exact
     as_converted_max_abs_diff: float  # the converted model as saved, same input
+    language_model: LossReport | None = None  # LM loss at the new length vs the source at its own
 
 
 @dataclass
@@ -275,10 +277,13 @@ def convert(
     overwrite: bool = False,
     check: bool = True,
     expect_family: list[str] | None = None,
+    eval_tokens: int = 8192,
+    eval_text: str | None = None,
     **options,
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config.
-    `expect_family` (e.g. ["bert"]) refuses a source of another family before any work is done."""
+    `expect_family` (e.g. ["bert"]) refuses a source of another family before any work is done. The check also
+    scores LM loss on `eval_tokens` tokens of held-out text (`eval_text` file, else news articles; 0 = skip)."""
     source, load_kwargs, base_model = resolve_source(source)
     if expect_family is not None:
         family = family_of(AutoConfig.from_pretrained(source, **load_kwargs))
@@ -300,6 +305,12 @@ def convert(
         length = min(result.source_length, 512)
         input_ids = check_input_ids(tokenizer, length, result.model.config.vocab_size)
         result.fidelity = fidelity_check(source_model, result, input_ids)
+        if eval_tokens:
+            steps.set_postfix_str("scoring held-out text")
+            result.fidelity.language_model = language_model_losses(
+                source_model, result.model, result.head, tokenizer, result.source_length,
+                result.model.config.max_position_embeddings, eval_tokens, eval_text,
+            )
         logger.info(f"Fidelity to the source: {json.dumps(asdict(result.fidelity))}")
     steps.update()
     if out_dir is not None:

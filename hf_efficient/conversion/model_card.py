@@ -70,6 +70,13 @@ def write_model_card(out: Path, result) -> None:
             f"| setting | max abs difference to the source |\n|---|---|\n{degenerate}"
             f"| as converted | {fidelity.as_converted_max_abs_diff:.2e} |\n"
         )
+        lm = fidelity.language_model
+        if lm is not None:
+            fidelity_text += (
+                f"\n{lm.metric} on {lm.tokens} held-out tokens ({lm.text}):\n\n| model | context | loss |\n"
+                f"|---|---|---|\n| source | {lm.source_context} | {lm.source_loss:.4f} |\n"
+                f"| converted | {lm.converted_context} | {lm.converted_loss:.4f} |\n"
+            )
     positions = (
         f"learned absolute table extended from {result.source_length} to {config.max_position_embeddings}."
         if config.position_embedding_type == "absolute"
