@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Convert a bert checkpoint into a long-context EfficientPerformer (`hf-efficient convert --to performer`).
+
+* learned positions copied end to end to --max-length;
+* FAVOR+ random features (--set nb_features=256) drawn from the config seed; no new trained parameters;
+* a fidelity check against the source on real text, printed and written into the output's model card.
+
+The default source is the packaged all-MiniLM-L6-v2.
+Any other `hf-efficient convert` option works (--max-length, --head, --set KEY=VALUE, --overwrite):
+
+    python conversion_scripts/convert_bert_to_performer.py --from SOURCE --max-length 4096 --out DIR
+
+A source of another family is refused before any work is done.
+"""
+
+import sys
+
+from hf_efficient.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["convert", "--to", "performer", "--expect-family", "bert", *sys.argv[1:]]))

@@ -1,0 +1,274 @@
+"""EfficientPerformer: the backbone with FAVOR+ attention in every layer, and its constant-size decoding cache."""
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.utils import logging
+
+from ...attention.favor import (
+    FavorState,
+    draw_random_features,
+    favor_bidirectional,
+    favor_causal_chunked,
+    favor_reference,
+    favor_state,
+    relu_features,
+    softmax_features,
+)
+from ...core.attention import EfficientAttention
+from ...core.heads import (
+    EfficientForCausalLM,
+    EfficientForMaskedLM,
+    EfficientForQuestionAnswering,
+    EfficientForSequenceClassification,
+    EfficientForTokenClassification,
+)
+from ...core.modeling import EfficientModel
+from .configuration_performer import EfficientPerformerConfig
+
+logger = logging.get_logger(__name__)
+
+LAYER_SEED_STRIDE = 100003
+
+
+class FavorStateLayer(CacheLayerMixin):
+    """One layer's decoding state: FAVOR+'s (S, z, r) (see attention/favor.py), O(m d) whatever the length."""
+
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.state: FavorState | None = None
+        self.seen = 0
+        self.device: torch.device | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("A FAVOR+ cache keeps the prefix state, not keys and values; use `advance`.")
+
+    def advance(self, state: FavorState, new_tokens: int) -> None:
+        self.state, self.seen, self.is_initialized = state, self.seen + new_tokens, True
+        self.device = state.sums.device
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.state, self.seen, self.device, self.is_initialized = None, 0, None, False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("A FAVOR+ state is a running sum and can't be cropped; recompute the prefix.")
+
+    def _map(self, function) -> None:
+        if self.state is not None:
+            self.state = FavorState(*(function(t) for t in self.state.tensors()))
+
+    def offload(self):
+        self._map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self):
+        self._map(lambda t: t.to(self.device, non_blocking=True))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+
+class FavorCache(Cache):
+    """The cache EfficientPerformer decodes with: per layer the prefix state (S, z, r) instead of keys and values,
+    so each new token costs O(m d) time and the cache never grows. `get_seq_length` counts the tokens seen."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[FavorStateLayer() for _ in range(num_layers)])
+
+
+def as_favor_cache(cache: Cache, num_layers: int) -> Cache:
+    """The cache the layers write their states into. generate() hands the model a fresh DynamicCache: an empty one
+    is refitted in place with state layers (so it works whether the caller reads the cache back from the outputs,
+    as generate() does, or keeps passing the same object). A filled cache of another kind raises."""
+    if len(cache.layers) == num_layers and all(isinstance(layer, FavorStateLayer) for layer in cache.layers):
+        return cache
+    if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
+        cache.layers, cache.layer_class_to_replicate = [FavorStateLayer() for _ in range(num_layers)], None
+        return cache
+    raise ValueError(f"EfficientPerformer can't continue a {type(cache).__name__} (it decodes from its FAVOR+ prefix "
+                     "state): pass past_key_values=None, the past_key_values it returned, a FavorCache or an empty "
+                     "DynamicCache; with generate() leave cache_implementation unset.")
+
+
+class EfficientPerformerAttention(EfficientAttention):
+    """FAVOR+ attention: Choromanski et al., "Rethinking Attention with Performers" (arXiv 2009.14794).
+
+    out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j) (j <= i when causal), phi the positive (or ReLU)
+    random features of `random_features` (m x d, a persistent buffer drawn from the config's feature_seed; forward
+    never redraws, `redraw_features` does). Bidirectional: time O(N m d), memory O(N m + m d); causal: chunked
+    prefix sums, time O(N (C m + C d + m d)), memory O(N m + C^2 + m d); decoding O(m d) per token with a
+    `FavorCache`. Deviations: the per-token stabilisation of attention/favor.py; attention dropout is not applied
+    (there is no attention matrix to drop from). Padding rows of the output are zero.
+    """
+
+    supports_cache = True
+
+    def __init__(self, config: EfficientPerformerConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        if config.attention_probs_dropout_prob > 0:
+            logger.warning_once(
+                f"attention_probs_dropout_prob={config.attention_probs_dropout_prob} is not applied: FAVOR+ never "
+                "forms the attention matrix. Set it to 0.0 to silence this."
+            )
+        self.register_buffer("random_features", self.draw_features(config.feature_seed), persistent=True)
+
+    def draw_features(self, seed: int) -> torch.Tensor:
+        generator = torch.Generator(device="cpu").manual_seed(seed * LAYER_SEED_STRIDE + self.layer_idx)
+        config = self.config
+        return draw_random_features(config.nb_features, self.head_dim, generator, config.orthogonal_features,
+                                    config.feature_norms)
+
+    @torch.no_grad()
+    def redraw_features(self, seed: int | None = None) -> None:
+        """Draw new random features in place (from `seed`, or from torch's global RNG when None)."""
+        seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+        self.random_features.copy_(self.draw_features(seed))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Features of another nb_features (a checkpoint of another config, e.g. the full-attention twin made from a
+        model's state dict) belong to another draw: this module keeps its own instead of failing on the shape."""
+        key = prefix + "random_features"
+        if key in state_dict and state_dict[key].shape != self.random_features.shape:
+            logger.info(f"{key}: keeping this config's {tuple(self.random_features.shape)} features instead of the "
+                        f"given {tuple(state_dict[key].shape)}.")
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+            state_dict[key] = self.random_features
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def features(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.kernel == "relu":
+            return relu_features(states, self.random_features)
+        return softmax_features(states, self.random_features, self.scaling**0.5)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values=None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query, key, value = self.project(hidden_states, position_embeddings)
+        batch, _, length, dim = query.shape
+        groups = self.num_key_value_groups
+        # (B, H, N, d) -> (B, Hkv, G, N, d): the queries of one KV head side by side; keys/values get G = 1
+        query_features, _ = self.features(query.view(batch, self.num_key_value_heads, groups, length, dim))
+        key_features, key_log_scale = self.features(key[:, :, None])
+        value = value[:, :, None]
+        keep = None if attention_mask is None else attention_mask[:, -length:]  # the new tokens' keys
+
+        layer, state = None, None
+        if past_key_values is not None:
+            layer = past_key_values.layers[self.layer_idx]
+            if not isinstance(layer, FavorStateLayer):
+                raise ValueError(f"EfficientPerformer decodes with a FavorCache, got {type(past_key_values).__name__}.")
+            if layer.state is not None:
+                state = FavorState(*(t.to(query.device) for t in layer.state.tensors()))
+        backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
+        weights = None
+        if backend == "reference":
+            if state is not None:
+                raise ValueError("The reference path (output_attentions=True or attention_backend='reference') needs "
+                                 "every key, but a FavorCache keeps only the prefix state: decode without them, or "
+                                 "call with use_cache=False.")
+            attended, weights = favor_reference(query_features, key_features, key_log_scale, value, keep,
+                                                self.is_causal)
+            if layer is not None:  # the state a later step continues from
+                state = favor_state(key_features, key_log_scale, value, keep)
+        elif backend == "blocked":
+            if self.is_causal:
+                attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
+                                                       self.config.chunk_size, state)
+            else:
+                attended = favor_bidirectional(query_features, key_features, key_log_scale, value, keep)
+        else:
+            raise ValueError(f"attention_backend={backend!r} is not available for FAVOR+; use auto, blocked or "
+                             "reference.")
+        if layer is not None:
+            layer.advance(state, length)
+        # (B, Hkv, G, N, d) -> (B, N, H, d)
+        attended = attended.reshape(batch, self.num_heads, length, dim).transpose(1, 2).to(value.dtype)
+        if keep is not None:
+            attended = attended * keep[:, :, None, None]
+        if output_attentions:
+            weights = weights.reshape(batch, self.num_heads, length, length).to(value.dtype)
+        return self.merge_heads(attended), weights
+
+
+def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientPerformerConfig) -> list[str]:
+    """Conversion adds nothing: FAVOR+ reuses the source's q/k/v/o projections unchanged, and its random features
+    are buffers drawn from `feature_seed` (kept by the converter, saved with the model), not trained parameters."""
+    return []
+
+
+class EfficientPerformerModel(EfficientModel):
+    config_class = EfficientPerformerConfig
+    attention_class = EfficientPerformerAttention
+
+    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
+        """The base decision (causal models, eval mode by default), with a FavorCache instead of keys/values."""
+        cache = super()._resolve_cache(past_key_values, use_cache, has_global)
+        if cache is not None and past_key_values is None:
+            return FavorCache(self.config.num_hidden_layers)
+        return None if cache is None else as_favor_cache(cache, self.config.num_hidden_layers)
+
+    def redraw_features(self, seed: int | None = None) -> None:
+        """Redraw every layer's random features (layer l from seed * 100003 + l; a fresh seed when None)."""
+        redraw_features(self, seed)
+
+
+def redraw_features(model: nn.Module, seed: int | None = None) -> None:
+    """Redraw the random features of every FAVOR+ layer in `model` (a bare model or any head)."""
+    seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+    for module in model.modules():
+        if isinstance(module, EfficientPerformerAttention):
+            module.redraw_features(seed)
+
+
+class EfficientPerformerForMaskedLM(EfficientForMaskedLM):
+    config_class = EfficientPerformerConfig
+    model_class = EfficientPerformerModel
+
+
+class EfficientPerformerForCausalLM(EfficientForCausalLM):
+    config_class = EfficientPerformerConfig
+    model_class = EfficientPerformerModel
+
+
+class EfficientPerformerForSequenceClassification(EfficientForSequenceClassification):
+    config_class = EfficientPerformerConfig
+    model_class = EfficientPerformerModel
+
+
+class EfficientPerformerForTokenClassification(EfficientForTokenClassification):
+    config_class = EfficientPerformerConfig
+    model_class = EfficientPerformerModel
+
+
+class EfficientPerformerForQuestionAnswering(EfficientForQuestionAnswering):
+    config_class = EfficientPerformerConfig
+    model_class = EfficientPerformerModel
