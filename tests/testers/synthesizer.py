@@ -1,0 +1,11 @@
+from .base import VariantTester
+
+TESTER = VariantTester(
+    "efficient_synthesizer",
+    # the paper's dense + random + dot-product mixture with trainable alphas (alpha_vanilla != 1 so the query scaling is
+    # exercised); the blocked path hands it to sdpa/eager with the synthetic logits as an additive mask. The pure
+    # synthetic kinds (their own softmax) are checked against the reference in tests/test_synthesizer.py.
+    mechanism=dict(synthesizer_type="dense+random+vanilla", mixture_weights=[0.7, 1.0, 0.8]),
+    cpu_backends=("blocked",),
+    gpu_backends=(),  # the blocked path is matmuls + sdpa and is also the GPU path
+)
