@@ -10,6 +10,10 @@ import functools
 import torch
 
 MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
+# torch.compile specialises the kernel to each shape and mask function; past dynamo's recompile limit (8) it silently
+# falls back to eager flex_attention, which materialises the N x N scores. A model sees one or two per input length,
+# but a run over many lengths or variants (a benchmark, a test suite) needs more.
+FLEX_RECOMPILE_LIMIT = 256
 
 
 def flex_available() -> bool:
@@ -41,6 +45,9 @@ def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mas
     """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    attend = compiled_flex_attention() if compiled else flex_attention
-    out = attend(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    gqa = query.shape[1] != key.shape[1]
+    if not compiled:
+        return flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa).transpose(1, 2)
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        out = compiled_flex_attention()(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2)

@@ -1,0 +1,31 @@
+"""The compiled FlexAttention path stays compiled across many shapes and masks (no silent eager fallback)."""
+
+import warnings
+
+import pytest
+import torch
+
+from hf_efficient.attention.flex import block_mask, flex_attend
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_many_lengths_and_masks_stay_compiled():
+    """Past dynamo's default recompile limit (8) torch.compile would fall back to eager flex_attention, which
+    materialises the N x N scores and warns; 6 lengths x 2 mask functions must all run compiled and be exact."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for length in range(128, 128 * 7, 128):
+        for window in (64, 192):
+            def local(b, h, q, k, window=window):
+                return (q - k).abs() <= window
+
+            query, key, value = (torch.randn(1, 2, length, 16, device="cuda", generator=generator) for _ in range(3))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the eager fallback announces itself with a UserWarning
+                out = flex_attend(query, key, value, block_mask(local, None, length, query.device), 0.25)
+            positions = torch.arange(length, device="cuda")
+            allowed = (positions[:, None] - positions[None, :]).abs() <= window
+            scores = (query @ key.transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))
+            reference = (scores.softmax(-1) @ value).transpose(1, 2)
+            torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4, msg=f"length {length} window {window}")
