@@ -1,0 +1,93 @@
+"""Regenerate the README's attention-pattern pictures (docs/patterns/*.png) with `hf-efficient show-pattern`, and
+print the README table (markdown) that shows them.
+
+Each picture is one forward of a small random model of the variant (patterns.SMALL) with output_attentions=True:
+the weights the model really uses, not a drawing. Run from the repository root (CPU, a few seconds):
+
+    python benchmarks/make_pattern_pngs.py [--out docs/patterns] [--markdown table.md]
+"""
+
+import argparse
+import contextlib
+import io
+from pathlib import Path
+
+from hf_efficient.cli import main as cli
+
+# (file name, show-pattern arguments after the variant's name, what the picture shows)
+PICTURES = [
+    ("longformer", ["longformer", "--support", "--layer", "0", "--heads", "0", "attention_window=32",
+                    "--global-tokens", "0", "100"],
+     "sliding window of 32 (16 keys each side) plus global tokens 0 and 100 (their full rows and columns)"),
+    ("bigbird", ["bigbird", "--support", "--layer", "0", "--heads", "0", "1", "block_size=16"],
+     "blocks of 16: each query block sees its 3-block window, the first and last (global) blocks and 3 random "
+     "blocks, drawn per head (heads 0 and 1)"),
+    ("sparse_transformer_strided", ["sparse_transformer", "--support", "--causal", "--layer", "0", "--heads", "0",
+                                    "pattern=strided", "local_size=16", "combination=merged"],
+     "causal strided pattern, l = 16: the previous 16 positions (A1) and every 16th position before (A2)"),
+    ("sparse_transformer_fixed", ["sparse_transformer", "--support", "--causal", "--layer", "0", "--heads", "0",
+                                  "pattern=fixed", "local_size=32", "num_summary=4", "combination=merged"],
+     "causal fixed pattern, l = 32, c = 4: the own block (A1) and the last 4 \"summary\" positions of every "
+     "earlier block (A2)"),
+    ("memory_compressed_local", ["memory_compressed", "--support", "--causal", "--layer", "0", "--heads", "0",
+                                 "block_size=32", "compression_factor=4"],
+     "T-DMCA local layer (layer 0), blocks of 32, causal; the 64 columns on the right are the compressed slots, "
+     "unused by this layer kind"),
+    ("memory_compressed_compressed", ["memory_compressed", "--support", "--causal", "--layer", "1", "--heads", "0",
+                                      "block_size=32", "compression_factor=4"],
+     "T-DMCA memory-compressed layer (layer 1), causal: the 256 raw key columns (only the query's own group of 4, "
+     "up to itself) then the 64 slots (each pools 4 positions; seen once complete)"),
+    ("linformer", ["linformer", "--layer", "0", "--heads", "0", "projected_length=64"],
+     "intensity: 256 queries (rows) x the k = 64 projected keys (columns; each mixes every position, not a "
+     "token): every pair has weight > 0"),
+    ("performer", ["performer", "--layer", "0", "--heads", "0"],
+     "intensity of the implied weights phi(q) phi(k)^T, row-normalised (FAVOR+, bidirectional): dense, every "
+     "pair > 0, near uniform at initialisation"),
+    ("linear_transformer", ["linear_transformer", "--causal", "--layer", "0", "--heads", "0"],
+     "intensity of the implied weights (elu(q)+1)(elu(k)+1)^T, row-normalised, causal: every earlier key, no "
+     "later one"),
+    ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
+     "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
+     "dot products)"),
+]
+LENGTH = 256
+
+
+def make(out: Path) -> list[tuple[str, str, str, int]]:
+    """Write every picture into `out`; returns (file, command, description, bytes) per picture."""
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, arguments, description in PICTURES:
+        path = out / f"{name}.png"
+        length = [] if "--length" in arguments else ["--length", str(LENGTH)]
+        argv = ["show-pattern", arguments[0], *length, *arguments[1:], "--out", str(path)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            if cli(argv) != 0:
+                raise SystemExit(f"show-pattern failed: {' '.join(argv)}")
+        command = "hf-efficient " + " ".join(argv).replace(str(out), "docs/patterns")
+        made.append((path.name, command, description, path.stat().st_size))
+    return made
+
+
+def markdown(made: list[tuple[str, str, str, int]]) -> str:
+    rows = [f"| ![{file}](docs/patterns/{file}) | {description}<br>`{command}` |"
+            for file, command, description, _ in made]
+    return "\n".join(["| pattern | what it shows, and the command |", "|---|---|", *rows]) + "\n"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/patterns"), help="folder of the PNGs")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    made = make(args.out)
+    for file, _, _, size in made:
+        print(f"{args.out / file}: {size:,} bytes")
+    table = markdown(made)
+    print(table)
+    if args.markdown is not None:
+        args.markdown.write_text(table)
