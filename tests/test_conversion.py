@@ -122,24 +122,29 @@ def test_unknown_target_and_bad_window_are_refused(tmp_path):
         convert(str(tmp_path / "bert"), "longformer", out=None, attention_window=7)
 
 
-def test_existing_output_is_not_overwritten_without_asking(tmp_path):
+def test_existing_output_is_not_overwritten_without_asking(tmp_path, capsys):
     save_tiny_bert(tmp_path / "bert")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(ConversionError, match="--overwrite"):
         convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128)
-    assert (out / "keep.txt").read_text() == "user data"
+    assert main(["convert", "--from", str(tmp_path / "bert"), "--out", str(out), "--max-length", "128"]) == 2
+    assert "exists and is not empty: pass --overwrite to replace it" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
     convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 
 
-def test_source_without_tokenizer_still_converts(tmp_path):
+def test_source_without_tokenizer_still_converts(tmp_path, caplog):
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
     result = convert(str(tmp_path / "bert"), "longformer", out=tmp_path / "out", max_length=128)
-    assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "tokenizer.json").exists()
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= written
+    assert not written & {"tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+    assert "has no tokenizer files: converting weights and config only." in caplog.text
     assert result.fidelity.degenerate_max_abs_diff <= 1e-5
 
 
@@ -174,3 +179,75 @@ def test_language_model_loss_matches_the_source_in_the_full_attention_setting(tm
                      eval_tokens=600).fidelity.language_model
     assert narrow.converted_context == 256 and narrow.source_loss == pytest.approx(lm.source_loss)
     assert narrow.converted_loss != pytest.approx(lm.source_loss, rel=1e-4)
+
+
+def save_tiny_llama(folder, seed=4):
+    torch.manual_seed(seed)
+    source = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                          initializer_range=0.05)).eval()
+    source.save_pretrained(folder)
+    return source
+
+
+@pytest.mark.parametrize(("scaling", "rope_parameters"), [
+    (None, {"rope_type": "default"}),
+    ("linear:4", {"rope_type": "linear", "factor": 4.0}),
+    ("linear", {"rope_type": "linear", "factor": 4.0}),  # the factor defaults to 256 / 64
+    ("yarn:3", {"rope_type": "yarn", "factor": 3.0, "original_max_position_embeddings": 64}),
+])
+def test_rope_scaling_equals_transformers_llama_with_the_same_rope_parameters(tmp_path, scaling, rope_parameters):
+    """Rotary positions are kept by default (the converted model is its source, also past the source's 64 positions);
+    with a scaling, it is a transformers LlamaForCausalLM configured with the same rope_parameters (fp32, 1e-5)."""
+    source = save_tiny_llama(tmp_path / "llama")
+    result = convert(str(tmp_path / "llama"), "longformer", out=None, max_length=256, rope_scaling=scaling,
+                     attention_window=512, check=False)
+    config = result.model.config
+    assert config.max_position_embeddings == 256  # recorded; rotary positions have no table to bound the input
+    expected_parameters = {"rope_theta": 10000.0, **rope_parameters}
+    assert config.rope_parameters == expected_parameters
+    reference = LlamaForCausalLM(LlamaConfig(**{**source.config.to_dict(), "max_position_embeddings": 256,
+                                                "rope_parameters": expected_parameters})).eval()
+    reference.load_state_dict(source.state_dict())
+    ids = torch.randint(1, 99, (2, 200), generator=torch.Generator().manual_seed(0))  # past the source's 64
+    with torch.no_grad():
+        ours, theirs = result.model(input_ids=ids, use_cache=False).logits, reference(input_ids=ids).logits
+        unscaled = source(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    if scaling is not None:
+        assert (ours - unscaled).abs().max() > 1e-2, "the scaling really moves the positions"
+
+
+def test_rope_scaling_on_the_command_line_is_saved_and_reloads(tmp_path, capsys):
+    save_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "long"
+    assert main(["convert", "--from", str(tmp_path / "llama"), "--to", "sparse_transformer", "--max-length", "256",
+                 "--rope-scaling", "linear:4", "--out", str(out), "--eval-tokens", "0"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["max_position_embeddings"] == 256
+    assert saved["rope_parameters"] == {"rope_theta": 10000.0, "rope_type": "linear", "factor": 4.0}
+    assert "rotary, scaled by transformers' `rope_parameters`" in (out / "README.md").read_text()
+    reloaded = hf_efficient.EfficientSparseTransformerForCausalLM.from_pretrained(out)
+    assert reloaded.model.rotary.inv_freq[1].item() == pytest.approx(10000.0 ** (-2 / 8) / 4)
+
+
+@pytest.mark.parametrize(("source", "scaling", "message"), [
+    ("bert", "linear:2", r"this source has absolute positions; a learned table is extended by position_init"),
+    ("llama", "dynamic:2", r"'dynamic' is not supported \(it recomputes the frequencies for each input length"),
+    ("llama", "ntk:2", r"'ntk' is not supported; use one of \('linear', 'yarn'\)"),
+    ("llama", "linear:0.5", r"the factor must be a number >= 1"),
+    ("llama", "linear:x", r"factor 'x' is not a number"),
+])
+def test_rope_scaling_refusals_say_what_works(tmp_path, source, scaling, message):
+    if source == "bert":
+        save_tiny_bert(tmp_path / source)
+    else:
+        save_tiny_llama(tmp_path / source)
+    with pytest.raises(ConversionError, match=message):
+        convert(str(tmp_path / source), "longformer", out=None, max_length=128, rope_scaling=scaling)
+
+
+def test_rope_scaling_needs_a_longer_context_or_a_factor(tmp_path):
+    save_tiny_llama(tmp_path / "llama")
+    with pytest.raises(ConversionError, match=r"max_length=64 is not above the source's 64; .* \(yarn:FACTOR\)"):
+        convert(str(tmp_path / "llama"), "longformer", out=None, max_length=64, rope_scaling="yarn")

@@ -3,7 +3,7 @@
 from .convert import ConversionResult, FidelityReport, convert, convert_model, load_source
 from .families import FAMILIES, ConversionError, family_of
 from .longformer_layout import from_transformers_longformer, to_transformers_longformer
-from .positions import extend_positions
+from .positions import extend_positions, scale_rotary
 
 __all__ = [
     "FAMILIES",
@@ -16,5 +16,6 @@ __all__ = [
     "family_of",
     "from_transformers_longformer",
     "load_source",
+    "scale_rotary",
     "to_transformers_longformer",
 ]

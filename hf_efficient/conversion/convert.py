@@ -18,10 +18,11 @@ from transformers.utils import logging
 
 from ..auto import VARIANTS
 from ..core.variant import Variant
+from ..hub import make_hub_ready, upload_folder
 from .evaluation import LossReport, language_model_losses
 from .families import ConversionError, SourceFamily, family_of
 from .model_card import write_model_card
-from .positions import extend_positions
+from .positions import extend_positions, scale_rotary
 
 logger = logging.get_logger(__name__)
 
@@ -62,6 +63,20 @@ def resolve_target(target: str) -> Variant:
         names = sorted(t.removeprefix("efficient_") for t in VARIANTS)
         raise ConversionError(f"Unknown target {target!r}; choose one of {names}.")
     return VARIANTS[model_type]
+
+
+def check_direction(variant: Variant, family: SourceFamily, causal: bool) -> None:
+    """Refuse a causal source for a bidirectional-only target (Linformer, BigBird) and the reverse, naming the
+    targets that can take it."""
+    attention = variant.model.attention_class
+    if attention.supports_causal if causal else attention.supports_bidirectional:
+        return
+    flag = "supports_causal" if causal else "supports_bidirectional"
+    able = sorted(t.removeprefix("efficient_") for t, v in VARIANTS.items() if getattr(v.model.attention_class, flag))
+    kind, other = ("causal", "bidirectional only (an encoder: it needs is_causal=False)") if causal else \
+        ("bidirectional", "causal only (a decoder: it needs is_causal=True)")
+    raise ConversionError(f"{variant.model_type} is {other} and can't serve a {kind} {family.name} source; "
+                          f"targets that can: {able}.")
 
 
 PACKAGED = {
@@ -122,9 +137,11 @@ def convert_model(
     max_length: int | None = None,
     position_init: str = "copy",
     source_name: str = "",
+    rope_scaling: str | dict | None = None,
     **options,
 ) -> ConversionResult:
-    """Build the target model from a loaded source model. `options` are the variant's config knobs."""
+    """Build the target model from a loaded source model. `options` are the variant's config knobs; `rope_scaling`
+    ("linear:4", "yarn", ...: positions.scale_rotary) rescales a rotary source's RoPE, which is otherwise kept."""
     variant = resolve_target(target)
     fields = family.backbone_fields(source_model.config)
     source_length = fields["max_position_embeddings"]
@@ -138,6 +155,13 @@ def convert_model(
         key = "model.embeddings.embed_positions.weight"
         if key in weights:
             weights[key] = extend_positions(weights[key], max_length, position_init)
+    if rope_scaling is not None:
+        try:
+            fields["rope_parameters"] = scale_rotary(fields["position_embedding_type"], fields.get("rope_parameters"),
+                                                     rope_scaling, source_length, max_length or source_length)
+        except ValueError as error:
+            raise ConversionError(f"rope scaling {rope_scaling!r}: {error}") from error
+    check_direction(variant, family, bool(fields["is_causal"]))
     try:
         config = variant.config(**fields)
     except ValueError as error:
@@ -219,7 +243,8 @@ def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, inpu
         out = m(input_ids=input_ids)
         return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
-    reference = output(source_model)
+    # a bare-model conversion (e.g. ELECTRA's discriminator, whose own head has no counterpart) compares backbones
+    reference = output(source_model if result.head != "model" else source_model.base_model)
     overrides, degenerate_difference = None, None
     try:
         overrides = model.config.full_attention_overrides(result.source_length)
@@ -274,16 +299,21 @@ def convert(
     max_length: int | None = 4096,
     head: str | None = None,
     position_init: str = "copy",
+    rope_scaling: str | dict | None = None,
     overwrite: bool = False,
     check: bool = True,
     expect_family: list[str] | None = None,
     eval_tokens: int = 8192,
     eval_text: str | None = None,
+    push_to_hub: str | None = None,
     **options,
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config.
     `expect_family` (e.g. ["bert"]) refuses a source of another family before any work is done. The check also
-    scores LM loss on `eval_tokens` tokens of held-out text (`eval_text` file, else news articles; 0 = skip)."""
+    scores LM loss on `eval_tokens` tokens of held-out text (`eval_text` file, else news articles; 0 = skip).
+    The folder is Hub-ready (hf_efficient.hub); `push_to_hub` (a repo id) uploads all of it after saving."""
+    if push_to_hub and out is None:
+        raise ConversionError("push_to_hub uploads the output folder: give --out as well.")
     source, load_kwargs, base_model = resolve_source(source)
     if expect_family is not None:
         family = family_of(AutoConfig.from_pretrained(source, **load_kwargs))
@@ -296,7 +326,7 @@ def convert(
     steps.update()
     steps.set_postfix_str("mapping weights")
     result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
-                           source_name=source, **options)
+                           source_name=source, rope_scaling=rope_scaling, **options)
     result.base_model = base_model
     steps.update()
     tokenizer = load_tokenizer(source, **load_kwargs)
@@ -315,13 +345,17 @@ def convert(
     steps.update()
     if out_dir is not None:
         steps.set_postfix_str("saving")
+        make_hub_ready(result.model)  # auto_map + the remote-code files: loads with trust_remote_code=True
         result.model.save_pretrained(out_dir)
         if tokenizer is not None:
             if max_length is not None:
                 tokenizer.model_max_length = max_length
             tokenizer.save_pretrained(out_dir)
         copy_sentence_transformers_files(source, out_dir, result.model.config.max_position_embeddings)
-        write_model_card(out_dir, result)
+        write_model_card(out_dir, result, repo_id=push_to_hub)
+        if push_to_hub:
+            steps.set_postfix_str(f"uploading to {push_to_hub}")
+            upload_folder(out_dir, push_to_hub)
     steps.update()
     steps.close()
     return result

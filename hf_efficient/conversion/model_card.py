@@ -43,6 +43,18 @@ inputs = tokenizer(long_text, return_tensors="pt", truncation=True, max_length={
 outputs = model(**inputs)
 ```
 
+Without `import hf_efficient` (the package must still be installed: `pip install hf-efficient`), pass
+`trust_remote_code=True`; the checkpoint's two small code files point transformers at the package's classes:
+
+```python
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{path}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{path}", trust_remote_code=True)
+```
+
+The same works for the `AutoModelFor*` class of each task head the model has.
+
 The weights start from the source; the long-context pattern is new to them, so fine-tune on your long-document
 task (the model trains with `transformers.Trainer` like any other).
 """
@@ -51,10 +63,13 @@ task (the model trains with `transformers.Trainer` like any other).
 def describe_new_parameters(result) -> str:
     if not result.new_parameters:
         return f"none. {result.new_parameters_recipe}".strip()
-    return f"{len(result.new_parameters)} tensors. {result.new_parameters_recipe}"
+    count = len(result.new_parameters)
+    return f"{count} tensor{'s' if count != 1 else ''}. {result.new_parameters_recipe}"
 
 
-def write_model_card(out: Path, result) -> None:
+def write_model_card(out: Path, result, repo_id: str | None = None) -> None:
+    """README.md in `out`: Hub metadata (base_model when the source has a Hub id), the architecture, the measured
+    fidelity, and how to load it (from `repo_id` when it is uploaded, else from the folder)."""
     config = result.model.config
     fidelity = result.fidelity
     if fidelity is None:
@@ -82,6 +97,10 @@ def write_model_card(out: Path, result) -> None:
         if config.position_embedding_type == "absolute"
         else f"{config.position_embedding_type} (no table to extend)."
     )
+    rope = config.rope_parameters if config.position_embedding_type == "rotary" else None
+    if rope and rope.get("rope_type", "default") != "default":
+        positions = (f"rotary, scaled by transformers' `rope_parameters` {rope} for {config.max_position_embeddings} "
+                     f"positions (the source's: {result.source_length}).")
     data = ModelCardData(
         base_model=result.base_model,
         library_name="transformers",
@@ -105,7 +124,7 @@ def write_model_card(out: Path, result) -> None:
             positions=positions,
             new_parameters=describe_new_parameters(result),
             fidelity=fidelity_text,
-            path=str(out),
+            path=repo_id or str(out),
         )
     )
     card.save(out / "README.md")

@@ -98,6 +98,14 @@ class EfficientConfig(PreTrainedConfig):
         self.validate_backbone()
         self.validate_mechanism()
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+        """Also writes the remote-code files a Hub-ready `auto_map` names (hf_efficient.hub), so that every save of
+        a converted model, fine-tuning checkpoints and `push_to_hub` included, loads with `trust_remote_code=True`."""
+        from ..hub import write_remote_code
+
+        write_remote_code(save_directory, getattr(self, "auto_map", None))
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def validate_mechanism(self) -> None:
         """Normalise and check the variant's own knobs (expand per-layer ints, raise ValueErrors saying what to
         change). Runs when the config is made and again when a model is built, because

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# weights (head-level names: "model.layers.0...") and the target config -> names of the tensors it added
+# weights (head-level names: "model.layers.0...") and the target config -> names of the tensors it added; its
+# docstring is the recipe the model card prints ("Conversion: ...": how each added tensor starts, and why)
 NewParameters = Callable[[dict[str, torch.Tensor], object], list[str]]
 
 

@@ -119,7 +119,7 @@ class EfficientBigBirdAttention(EfficientAttention):
 
 
 def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientBigBirdConfig) -> list[str]:
-    """None: BigBird-ITC adds no parameters; every layer keeps the source's q/k/v/o projections, and the random
+    """Conversion adds no parameters: every layer keeps the source's q/k/v/o projections, and BigBird's random
     blocks come from the config's seed, not from weights. Below g + w + 2r blocks the model is the source exactly."""
     return []
 

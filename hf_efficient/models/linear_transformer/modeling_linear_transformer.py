@@ -104,7 +104,7 @@ class EfficientLinearTransformerAttention(EfficientAttention):
 def reuse_projections(weights: dict[str, torch.Tensor], config: EfficientLinearTransformerConfig) -> list[str]:
     """Conversion adds no parameters: the source's q/k/v/o projections are reused as they are. The elu(x)+1 kernel
     replaces softmax(q k^T / sqrt(d)), so the converted model computes a different function from its source (the
-    fidelity report gives only the as-converted difference) and must be fine-tuned. Returns the names it added."""
+    fidelity report gives only the as-converted difference) and must be fine-tuned."""
     return []
 
 

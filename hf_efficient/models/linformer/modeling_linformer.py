@@ -127,8 +127,7 @@ def length_projections_for_conversion(weights: dict[str, torch.Tensor], config: 
     to segment means; with k = n it reproduces the source exactly. Measured on all-MiniLM-L6-v2 (n = 512, 512 tokens
     of text): mean-pooled embedding cosine to the source 0.87 (k = 256) and 0.77 (k = 128), against 0.29 and 0.23
     from the paper's random start (`projection_init="random"`, seeded). Inputs shorter than n leave the rows of
-    unreached segments empty (zero keys and values that still take softmax mass): fine-tune at full length.
-    Returns the names it added."""
+    unreached segments empty (zero keys and values that still take softmax mass): fine-tune at full length."""
     k, n = config.projected_length, config.max_position_embeddings
     sharing = config.projection_sharing
     groups = config.num_key_value_heads if sharing == "none" else 1

@@ -135,7 +135,7 @@ class EfficientLongformerAttention(EfficientAttention):
 
 def global_projections_from_local(weights: dict[str, torch.Tensor], config: EfficientLongformerConfig) -> list[str]:
     """Conversion: global q/k/v start as copies of the local q/k/v (the Longformer paper, section 5), so before
-    fine-tuning a global token scores keys exactly as the source model would. Returns the names it added."""
+    fine-tuning a global token scores keys exactly as the source model would."""
     added = []
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}.self_attn"

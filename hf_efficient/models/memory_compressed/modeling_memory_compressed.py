@@ -178,8 +178,7 @@ def compression_for_conversion(weights: dict[str, torch.Tensor], config: Efficie
     """Conversion: the key and value convolutions of each compressed layer start as average pooling (each slot the
     mean of its c keys / values, channel by channel: identity across channels divided by c, zero bias), so a
     converted compressed layer attends to the group means of the source's own keys and values; local layers keep
-    the source's attention inside blocks. With compression_init="random" they start random instead (seeded).
-    Returns the names it added."""
+    the source's attention inside blocks. With compression_init="random" they start random instead (seeded)."""
     channels = config.num_key_value_heads * config.head_dim
     factor = config.compression_factor
     generator = torch.Generator().manual_seed(0)

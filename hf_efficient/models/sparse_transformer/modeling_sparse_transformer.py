@@ -96,8 +96,8 @@ class EfficientSparseTransformerAttention(EfficientAttention):
 
 
 def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientSparseTransformerConfig) -> list[str]:
-    """None: the Sparse Transformer adds no parameters; every layer keeps the source's q/k/v/o projections and only
-    restricts which keys each head sees (the pattern is a pure function of the config). With pattern "fixed",
+    """Conversion adds no parameters: every layer keeps the source's q/k/v/o projections and the Sparse Transformer
+    only restricts which keys each head sees (the pattern is a pure function of the config). With pattern "fixed",
     local_size >= length and num_summary = local_size it is the source exactly."""
     return []
 

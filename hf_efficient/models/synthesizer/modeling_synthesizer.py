@@ -201,8 +201,7 @@ def synthesizer_parameters_for_conversion(weights: dict[str, torch.Tensor],
     its source exactly (softmax(Q K^T / sqrt(d) + 0)), and its synthetic parts get gradients from the first step; a
     pure synthesizer starts as uniform attention over the visible tokens (the mean of their values), the closest start
     without token-token products. Fixed random tables (random_trainable=False) are buffers kept as drawn from `seed`
-    (zero would fix them at zero). q_proj and k_proj are the source's (kept as unused buffers without "vanilla").
-    Returns the names it added."""
+    (zero would fix them at zero). q_proj and k_proj are the source's (kept as unused buffers without "vanilla")."""
     components = config.synthesizer_components
     alphas = config.resolved_mixture_weights
     if DOT_PRODUCT in components and alphas is not None and alphas[components.index(DOT_PRODUCT)] != 1.0:
