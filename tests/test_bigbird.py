@@ -26,6 +26,7 @@ from hf_efficient.attention.block_sparse import (
     draw_random_blocks,
     flex_block_mask,
     random_table,
+    tile_table,
     token_keep,
 )
 from hf_efficient.conversion import ConversionError, convert
@@ -186,6 +187,46 @@ def test_flex_block_mask_matches_the_reference_on_cpu(kv_heads):
     groups = heads // kv_heads
     reference, _ = block_sparse_reference(query, repeat_kv(key, groups), repeat_kv(value, groups),
                                           repeat_kv(token_keep(layout, table), groups), dim**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flex = block_sparse_flex(query, key, value, flex_block_mask(layout, table, heads, query.device), dim**-0.5,
+                                 compiled=False)
+    torch.testing.assert_close(flex[keep], reference[keep], rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(("length", "size"), [(600, 16), (700, 48), (1000, 64), (1100, 128), (900, 200)])
+def test_tile_table_covers_the_pattern_and_full_tiles_are_full(length, size):
+    """The BlockMask is derived from the block table (not from every token pair): each 128 x 128 tile holding a kept
+    pair is listed, a tile listed as full keeps every pair, and flex over it equals the reference."""
+    generator = torch.Generator().manual_seed(length)
+    batch, heads, kv_heads, dim = 2, 4, 2, 8
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    keep[1, length - 150:] = False
+    extra = torch.zeros(batch, length, dtype=torch.bool)
+    extra[0, [3, length // 2]] = True
+    layout = block_layout(keep, extra, batch, length, size, 2, 1, torch.device("cpu"))
+    random = random_table(layout, kv_heads, 2, lambda blocks: draw_random_blocks(0, 0, blocks, kv_heads, 2, 2, 3))
+    table = block_table(layout, random, 3)
+    partial, full = tile_table(layout, table)
+    tokens = token_keep(layout, table)  # (batch, kv_heads, N, N)
+    tiles = -(-length // 128)
+    padded = torch.nn.functional.pad(tokens, (0, tiles * 128 - length, 0, tiles * 128 - length))
+    per_tile = padded.view(batch, kv_heads, tiles, 128, tiles, 128)
+    truth_any = per_tile.any(5).any(3)
+    in_range = torch.zeros(tiles * 128, dtype=torch.bool)
+    in_range[:length] = True
+    truth_all = (per_tile | ~in_range.view(tiles, 128)[None, None, :, :, None, None]
+                 | ~in_range.view(tiles, 128)[None, None, None, None]).all(5).all(3)
+    assert not (partial & full).any()
+    assert (truth_any <= (partial | full)).all(), "a tile holding a kept pair is missing"
+    assert (full <= truth_all).all(), "a tile marked full has a dropped pair"
+    assert partial.any() and not (partial | full).all()  # the case is really sparse
+    assert full.any() or size < 64  # blocks of 64 and up cover whole diagonal tiles
+    query = torch.randn(batch, heads, length, dim, generator=generator)
+    key, value = (torch.randn(batch, kv_heads, length, dim, generator=generator) for _ in range(2))
+    groups = heads // kv_heads
+    reference, _ = block_sparse_reference(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                          repeat_kv(tokens, groups), dim**-0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flex = block_sparse_flex(query, key, value, flex_block_mask(layout, table, heads, query.device), dim**-0.5,
@@ -388,3 +429,29 @@ def test_unexpressible_models_raise(overrides, name):
 
 def test_package_exports():
     assert hf_efficient.EfficientBigBirdModel is EfficientBigBirdModel
+
+
+def test_cached_flex_mask_of_unpadded_inputs_equals_the_one_built_per_forward():
+    """The flex path caches the BlockMask of unpadded inputs per layer and shape; it must be the mask the forward
+    would build from the layer's own seeded random blocks (and differ between layers and seeds)."""
+    config = EfficientBigBirdConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=64, max_position_embeddings=2048,
+                                    block_size=32)
+    model = EfficientBigBirdModel(config)
+    length = 1000
+    layout = block_layout(None, None, 1, length, config.block_size, config.num_global_blocks,
+                          config.min_sparse_blocks, torch.device("cpu"))
+    dense = []
+    for layer in model.layers:
+        attention = layer.self_attn
+        random = random_table(layout, 2, config.num_random_blocks, attention.random_blocks)
+        built = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks), 4, torch.device("cpu"))
+        cached = attention.structural_flex_mask(1, length, torch.device("cpu"))
+        for field in ("kv_num_blocks", "full_kv_num_blocks"):
+            assert torch.equal(getattr(cached, field), getattr(built, field)), field
+        assert torch.equal(cached.to_dense(), built.to_dense())
+        dense.append(cached.to_dense())
+    assert not torch.equal(dense[0], dense[1])  # layers draw their own random blocks
+    model.config.seed = config.seed + 1
+    assert not torch.equal(model.layers[0].self_attn.structural_flex_mask(1, length, torch.device("cpu")).to_dense(),
+                           dense[0])

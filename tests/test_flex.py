@@ -8,6 +8,15 @@ import torch
 from hf_efficient.attention.flex import block_mask, flex_attend
 
 
+def local_mask(window: int):
+    """A mask_mod closing over its window, like the library's (a closure cell, not a default argument)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() <= window
+
+    return mask_mod
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
 def test_many_lengths_and_masks_stay_compiled():
@@ -17,13 +26,10 @@ def test_many_lengths_and_masks_stay_compiled():
     generator = torch.Generator(device="cuda").manual_seed(0)
     for length in range(128, 128 * 7, 128):
         for window in (64, 192):
-            def local(b, h, q, k, window=window):
-                return (q - k).abs() <= window
-
             query, key, value = (torch.randn(1, 2, length, 16, device="cuda", generator=generator) for _ in range(3))
             with warnings.catch_warnings():
-                warnings.simplefilter("error")  # the eager fallback announces itself with a UserWarning
-                out = flex_attend(query, key, value, block_mask(local, None, length, query.device), 0.25)
+                warnings.simplefilter("error", UserWarning)  # how the eager fallback announces itself
+                out = flex_attend(query, key, value, block_mask(local_mask(window), None, length, query.device), 0.25)
             positions = torch.arange(length, device="cuda")
             allowed = (positions[:, None] - positions[None, :]).abs() <= window
             scores = (query @ key.transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))

@@ -9,6 +9,7 @@ import functools
 
 import torch
 
+FLEX_TILE = 128  # the BlockMask's tile: FlexAttention skips empty FLEX_TILE x FLEX_TILE blocks
 MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
 # torch.compile specialises the kernel to each shape and mask function; past dynamo's recompile limit (8) it silently
 # falls back to eager flex_attention, which materialises the N x N scores. A model sees one or two per input length,

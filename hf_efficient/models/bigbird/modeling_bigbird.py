@@ -1,5 +1,7 @@
 """EfficientBigBird: the backbone with BigBird-ITC block-sparse attention in every layer (an encoder)."""
 
+import functools
+
 import torch
 from transformers.utils import logging
 
@@ -57,6 +59,17 @@ class EfficientBigBirdAttention(EfficientAttention):
             return seeded_random_blocks(config.seed, *arguments)
         return draw_random_blocks(draw, *arguments)
 
+    def structural_flex_mask(self, batch: int, length: int, device: torch.device):
+        """The flex BlockMask of an unpadded input without extra global tokens: a function of the config, the layer
+        and the shape only (the seeded random blocks), built once per process (rebuilding it every forward cost
+        more than the attention itself at short lengths)."""
+        config = self.config
+        return _structural_flex_mask(
+            self.layer_idx, batch, length, str(device), self.num_heads, self.num_key_value_heads, config.seed,
+            config.block_size, config.num_sliding_blocks, config.num_random_blocks, config.num_global_blocks,
+            config.min_sparse_blocks,
+        )
+
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
         gpu = "flex" if flex_available() else None
         return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
@@ -91,10 +104,11 @@ class EfficientBigBirdAttention(EfficientAttention):
         draw = None
         if self.training and config.resample_random_blocks_in_training:
             draw = int(torch.randint(0, 2**62, (1,)))  # torch's global generator, like dropout
-        random = random_table(layout, self.num_key_value_heads, config.num_random_blocks,
-                              lambda blocks: self.random_blocks(blocks, draw))
-
         backend = self.backend(hidden_states, output_attentions)
+        structural = draw is None and attention_mask is None and global_attention_mask is None
+        if not (backend == "flex" and structural):  # the cached flex mask holds its own random blocks
+            random = random_table(layout, self.num_key_value_heads, config.num_random_blocks,
+                                  lambda blocks: self.random_blocks(blocks, draw))
         if backend == "reference":
             keep = token_keep(layout, block_table(layout, random, config.num_sliding_blocks))
             groups = self.num_key_value_groups
@@ -106,8 +120,11 @@ class EfficientBigBirdAttention(EfficientAttention):
                 self, query, key, value, layout, random, config.num_sliding_blocks
             ), None
         elif backend == "flex":
-            table = block_table(layout, random, config.num_sliding_blocks)
-            mask = flex_block_mask(layout, table, self.num_heads, query.device)
+            if structural:
+                mask = self.structural_flex_mask(batch, length, query.device)
+            else:
+                mask = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks),
+                                       self.num_heads, query.device)
             attended, weights = block_sparse_flex(query, key, value, mask, self.scaling), None
         else:
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
@@ -153,3 +170,13 @@ class EfficientBigBirdForTokenClassification(EfficientForTokenClassification):
 class EfficientBigBirdForQuestionAnswering(EfficientForQuestionAnswering):
     config_class = EfficientBigBirdConfig
     model_class = EfficientBigBirdModel
+
+
+@functools.lru_cache(maxsize=64)
+def _structural_flex_mask(layer: int, batch: int, length: int, device: str, heads: int, kv_heads: int, seed: int,
+                          block_size: int, num_sliding: int, num_random: int, num_global: int, min_sparse: int):
+    device = torch.device(device)
+    layout = block_layout(None, None, batch, length, block_size, num_global, min_sparse, device)
+    random = random_table(layout, kv_heads, num_random, lambda blocks: seeded_random_blocks(
+        seed, layer, blocks, kv_heads, num_random, num_global, num_sliding))
+    return flex_block_mask(layout, block_table(layout, random, num_sliding), heads, device)
