@@ -132,6 +132,17 @@ def test_existing_output_is_not_overwritten_without_asking(tmp_path, capsys):
     assert main(["convert", "--from", str(tmp_path / "bert"), "--out", str(out), "--max-length", "128"]) == 2
     assert "exists and is not empty: pass --overwrite to replace it" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
+    # a conversion that fails after the checks, even with --overwrite, leaves the folder as it was
+    with pytest.raises(ValueError, match="positive even"):
+        convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128, overwrite=True, attention_window=7)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(ConversionError, match="is the source folder"):
+        convert(str(tmp_path / "bert"), "longformer", out=tmp_path / "bert", max_length=128, overwrite=True)
+    assert (tmp_path / "bert" / "config.json").exists()
+    missing = tmp_path / "never-made"
+    with pytest.raises(ValueError, match="positive even"):
+        convert(str(tmp_path / "bert"), "longformer", out=missing, max_length=128, attention_window=7)
+    assert not missing.exists()
     convert(str(tmp_path / "bert"), "longformer", out=out, max_length=128, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 

@@ -263,13 +263,22 @@ def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, inpu
     )
 
 
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
+def check_output(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty output folder without `overwrite`, before any work; touches nothing."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConversionError(f"{out} exists and is not empty: pass --overwrite to replace it, or another --out.")
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"--out {out} is a file: give a folder path.")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConversionError(f"{out} exists and is not empty: pass --overwrite to replace it, or another --out.")
+    return out
+
+
+def replace_output(out: Path) -> Path:
+    """Empty (with --overwrite) or create the output folder, only once the conversion has succeeded: a failed or
+    refused conversion leaves the user's folder as it was and creates none."""
+    if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     return out
 
 
@@ -319,7 +328,9 @@ def convert(
         family = family_of(AutoConfig.from_pretrained(source, **load_kwargs))
         if family.name not in expect_family:
             raise ConversionError(f"{source} is a {family.name} model; this script converts {expect_family} sources.")
-    out_dir = prepare_output(out, overwrite) if out is not None else None
+    out_dir = check_output(out, overwrite) if out is not None else None
+    if out_dir is not None and Path(source).exists() and out_dir.resolve() == Path(source).resolve():
+        raise ConversionError(f"--out {out} is the source folder: write the converted model to another folder.")
     steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
     steps.set_postfix_str("loading source")
     source_model, family, detected_head = load_source(source, **load_kwargs)
@@ -344,6 +355,7 @@ def convert(
         logger.info(f"Fidelity to the source: {json.dumps(asdict(result.fidelity))}")
     steps.update()
     if out_dir is not None:
+        replace_output(out_dir)
         steps.set_postfix_str("saving")
         make_hub_ready(result.model)  # auto_map + the remote-code files: loads with trust_remote_code=True
         result.model.save_pretrained(out_dir)
