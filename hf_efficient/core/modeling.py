@@ -14,6 +14,7 @@ from .configuration import EfficientConfig
 from .embeddings import EfficientEmbeddings, EfficientRotaryEmbedding
 from .layers import EfficientBlock, EfficientRMSNorm, build_norm
 from .masks import validate_global_mask, validate_keep_mask
+from .state_cache import StateCache, refit_state_cache
 
 logger = logging.get_logger(__name__)
 
@@ -52,6 +53,10 @@ class EfficientModel(EfficientPreTrainedModel):
     """The bare backbone. Variants subclass it and set `attention_class` (and `config_class`)."""
 
     attention_class: type[nn.Module] = FullAttention
+    # variants that decode from a per-layer state rather than keys/values: its Cache class, and what it serves (for
+    # the error when given another kind of cache)
+    state_cache: type[StateCache] | None = None
+    state_cache_refusal: str = ""
 
     def __init__(self, config: EfficientConfig):
         config.validate_backbone()
@@ -160,7 +165,9 @@ class EfficientModel(EfficientPreTrainedModel):
     def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
         """A cache only for causal models whose attention supports it; an explicit request otherwise raises.
 
-        By default (use_cache=None) a cache is made in eval mode for causal models without global tokens.
+        By default (use_cache=None) a cache is made in eval mode for causal models without global tokens: a
+        DynamicCache of keys/values, or the variant's `state_cache` (core/state_cache.py), into which an empty
+        DynamicCache from `generate()` is refitted.
         """
         supported = self.config.is_causal and self.attention_class.supports_cache
         if past_key_values is not None and not supported:
@@ -172,9 +179,12 @@ class EfficientModel(EfficientPreTrainedModel):
             raise ValueError(f"{self.attention_class.__name__} has no KV cache; call with use_cache=False.")
         if use_cache is None:
             use_cache = self.config.use_cache and supported and not self.training and not has_global
+        if self.state_cache is None:
+            return DynamicCache() if use_cache and past_key_values is None else past_key_values
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        return past_key_values
+            return self.state_cache(self.config.num_hidden_layers)
+        return refit_state_cache(past_key_values, self.state_cache, self.config.num_hidden_layers,
+                                 self.state_cache_refusal)
 
     def _check_positions(self, position_ids: torch.LongTensor, total_length: int) -> None:
         if self.config.position_embedding_type != "absolute":

@@ -19,7 +19,7 @@ from ...core.heads import (
     EfficientForTokenClassification,
 )
 from ...core.modeling import EfficientModel
-from .cache_linear_transformer import LinearAttentionCache, as_linear_attention_cache
+from .cache_linear_transformer import LinearAttentionCache
 from .configuration_linear_transformer import EfficientLinearTransformerConfig
 
 
@@ -111,13 +111,9 @@ def reuse_projections(weights: dict[str, torch.Tensor], config: EfficientLinearT
 class EfficientLinearTransformerModel(EfficientModel):
     config_class = EfficientLinearTransformerConfig
     attention_class = EfficientLinearTransformerAttention
+    state_cache = LinearAttentionCache
+    state_cache_refusal = "linear attention, whose cache is a fixed-size state per layer"
 
-    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
-        """The base decision (causal models, eval mode by default), with a state cache instead of keys/values."""
-        cache = super()._resolve_cache(past_key_values, use_cache, has_global)
-        if cache is not None and past_key_values is None:
-            return LinearAttentionCache(self.config.num_hidden_layers)
-        return as_linear_attention_cache(cache, self.config.num_hidden_layers)
 
 
 class EfficientLinearTransformerForMaskedLM(EfficientForMaskedLM):

@@ -23,7 +23,7 @@ from ...core.heads import (
     EfficientForTokenClassification,
 )
 from ...core.modeling import EfficientModel
-from .cache_memory_compressed import CompressedMemoryCache, CompressedMemoryLayer, as_compressed_memory_cache
+from .cache_memory_compressed import CompressedMemoryCache, CompressedMemoryLayer
 from .configuration_memory_compressed import EfficientMemoryCompressedConfig
 
 
@@ -202,6 +202,8 @@ def compression_for_conversion(weights: dict[str, torch.Tensor], config: Efficie
 class EfficientMemoryCompressedModel(EfficientModel):
     config_class = EfficientMemoryCompressedConfig
     attention_class = EfficientMemoryCompressedAttention
+    state_cache = CompressedMemoryCache
+    state_cache_refusal = "T-DMCA decoding, which keeps blocks and compressed slots per layer"
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -213,12 +215,6 @@ class EfficientMemoryCompressedModel(EfficientModel):
                 init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.bias)
 
-    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
-        """The base decision (causal models, eval mode by default), with a block/slot cache instead of keys/values."""
-        cache = super()._resolve_cache(past_key_values, use_cache, has_global)
-        if cache is not None and past_key_values is None:
-            return CompressedMemoryCache(self.config.num_hidden_layers)
-        return as_compressed_memory_cache(cache, self.config.num_hidden_layers)
 
 
 class EfficientMemoryCompressedForMaskedLM(EfficientForMaskedLM):

@@ -10,7 +10,6 @@ from .modeling_performer import (
     EfficientPerformerModel,
     FavorCache,
     FavorStateLayer,
-    as_favor_cache,
     no_new_parameters,
     redraw_features,
 )
@@ -40,6 +39,5 @@ __all__ = [
     "EfficientPerformerModel",
     "FavorCache",
     "FavorStateLayer",
-    "as_favor_cache",
     "redraw_features",
 ]

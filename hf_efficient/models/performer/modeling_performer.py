@@ -2,7 +2,6 @@
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 from transformers.utils import logging
 
 from ...attention.favor import (
@@ -24,6 +23,7 @@ from ...core.heads import (
     EfficientForTokenClassification,
 )
 from ...core.modeling import EfficientModel
+from ...core.state_cache import StateCache, StateCacheLayer
 from .configuration_performer import EfficientPerformerConfig
 
 logger = logging.get_logger(__name__)
@@ -31,84 +31,28 @@ logger = logging.get_logger(__name__)
 LAYER_SEED_STRIDE = 100003
 
 
-class FavorStateLayer(CacheLayerMixin):
+class FavorStateLayer(StateCacheLayer):
     """One layer's decoding state: FAVOR+'s (S, z, r) (see attention/favor.py), O(m d) whatever the length."""
 
-    is_compileable = False
-    is_croppable = False
-    supports_early_init = False
-
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.state: FavorState | None = None
-        self.seen = 0
-        self.device: torch.device | None = None
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        raise NotImplementedError("A FAVOR+ cache keeps the prefix state, not keys and values; use `advance`.")
+    state_names = ("state",)
 
     def advance(self, state: FavorState, new_tokens: int) -> None:
-        self.state, self.seen, self.is_initialized = state, self.seen + new_tokens, True
+        self.state, self.seen_tokens, self.is_initialized = state, self.seen_tokens + new_tokens, True
         self.device = state.sums.device
-
-    def get_seq_length(self) -> int:
-        return self.seen
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        self.state, self.seen, self.device, self.is_initialized = None, 0, None, False
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("A FAVOR+ state is a running sum and can't be cropped; recompute the prefix.")
 
-    def _map(self, function) -> None:
+    def _apply(self, function) -> None:
         if self.state is not None:
             self.state = FavorState(*(function(t) for t in self.state.tensors()))
 
-    def offload(self):
-        self._map(lambda t: t.to("cpu", non_blocking=True))
 
-    def prefetch(self):
-        self._map(lambda t: t.to(self.device, non_blocking=True))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map(lambda t: t[indices])
-
-
-class FavorCache(Cache):
+class FavorCache(StateCache):
     """The cache EfficientPerformer decodes with: per layer the prefix state (S, z, r) instead of keys and values,
     so each new token costs O(m d) time and the cache never grows. `get_seq_length` counts the tokens seen."""
 
-    def __init__(self, num_layers: int):
-        super().__init__(layers=[FavorStateLayer() for _ in range(num_layers)])
-
-
-def as_favor_cache(cache: Cache, num_layers: int) -> Cache:
-    """The cache the layers write their states into. generate() hands the model a fresh DynamicCache: an empty one
-    is refitted in place with state layers (so it works whether the caller reads the cache back from the outputs,
-    as generate() does, or keeps passing the same object). A filled cache of another kind raises."""
-    if len(cache.layers) == num_layers and all(isinstance(layer, FavorStateLayer) for layer in cache.layers):
-        return cache
-    if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
-        cache.layers, cache.layer_class_to_replicate = [FavorStateLayer() for _ in range(num_layers)], None
-        return cache
-    raise ValueError(f"EfficientPerformer can't continue a {type(cache).__name__} (it decodes from its FAVOR+ prefix "
-                     "state): pass past_key_values=None, the past_key_values it returned, a FavorCache or an empty "
-                     "DynamicCache; with generate() leave cache_implementation unset.")
+    layer_class = FavorStateLayer
 
 
 class EfficientPerformerAttention(EfficientAttention):
@@ -228,13 +172,8 @@ def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientPerform
 class EfficientPerformerModel(EfficientModel):
     config_class = EfficientPerformerConfig
     attention_class = EfficientPerformerAttention
-
-    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool | None, has_global: bool) -> Cache | None:
-        """The base decision (causal models, eval mode by default), with a FavorCache instead of keys/values."""
-        cache = super()._resolve_cache(past_key_values, use_cache, has_global)
-        if cache is not None and past_key_values is None:
-            return FavorCache(self.config.num_hidden_layers)
-        return None if cache is None else as_favor_cache(cache, self.config.num_hidden_layers)
+    state_cache = FavorCache
+    state_cache_refusal = "EfficientPerformer, which decodes from its FAVOR+ prefix state"
 
     def redraw_features(self, seed: int | None = None) -> None:
         """Redraw every layer's random features (layer l from seed * 100003 + l; a fresh seed when None)."""
