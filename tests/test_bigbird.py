@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from backend_agreement import assert_fast_path_within_rounding, outputs_and_gradients
 from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, BertTokenizerFast
 
 import hf_efficient
@@ -194,10 +195,11 @@ def test_flex_block_mask_matches_the_reference_on_cpu(kv_heads):
     torch.testing.assert_close(flex[keep], reference[keep], rtol=TOLERANCE, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize(("length", "size"), [(600, 16), (700, 48), (1000, 64), (1100, 128), (900, 200)])
-def test_tile_table_covers_the_pattern_and_full_tiles_are_full(length, size):
-    """The BlockMask is derived from the block table (not from every token pair): each 128 x 128 tile holding a kept
-    pair is listed, a tile listed as full keeps every pair, and flex over it equals the reference."""
+@pytest.mark.parametrize(("length", "size", "tile"), [(600, 16, 128), (700, 48, 128), (1000, 64, 128),
+                                                     (1100, 128, 128), (900, 200, 128), (1000, 64, 64), (700, 48, 64)])
+def test_tile_table_covers_the_pattern_and_full_tiles_are_full(length, size, tile):
+    """The BlockMask is derived from the block table (not from every token pair): each tile x tile tile holding a
+    kept pair is listed, a tile listed as full keeps every pair, and flex over it equals the reference."""
     generator = torch.Generator().manual_seed(length)
     batch, heads, kv_heads, dim = 2, 4, 2, 8
     keep = torch.ones(batch, length, dtype=torch.bool)
@@ -207,16 +209,16 @@ def test_tile_table_covers_the_pattern_and_full_tiles_are_full(length, size):
     layout = block_layout(keep, extra, batch, length, size, 2, 1, torch.device("cpu"))
     random = random_table(layout, kv_heads, 2, lambda blocks: draw_random_blocks(0, 0, blocks, kv_heads, 2, 2, 3))
     table = block_table(layout, random, 3)
-    partial, full = tile_table(layout, table)
+    partial, full = tile_table(layout, table, tile)
     tokens = token_keep(layout, table)  # (batch, kv_heads, N, N)
-    tiles = -(-length // 128)
-    padded = torch.nn.functional.pad(tokens, (0, tiles * 128 - length, 0, tiles * 128 - length))
-    per_tile = padded.view(batch, kv_heads, tiles, 128, tiles, 128)
+    tiles = -(-length // tile)
+    padded = torch.nn.functional.pad(tokens, (0, tiles * tile - length, 0, tiles * tile - length))
+    per_tile = padded.view(batch, kv_heads, tiles, tile, tiles, tile)
     truth_any = per_tile.any(5).any(3)
-    in_range = torch.zeros(tiles * 128, dtype=torch.bool)
+    in_range = torch.zeros(tiles * tile, dtype=torch.bool)
     in_range[:length] = True
-    truth_all = (per_tile | ~in_range.view(tiles, 128)[None, None, :, :, None, None]
-                 | ~in_range.view(tiles, 128)[None, None, None, None]).all(5).all(3)
+    truth_all = (per_tile | ~in_range.view(tiles, tile)[None, None, :, :, None, None]
+                 | ~in_range.view(tiles, tile)[None, None, None, None]).all(5).all(3)
     assert not (partial & full).any()
     assert (truth_any <= (partial | full)).all(), "a tile holding a kept pair is missing"
     assert (full <= truth_all).all(), "a tile marked full has a dropped pair"
@@ -229,9 +231,26 @@ def test_tile_table_covers_the_pattern_and_full_tiles_are_full(length, size):
                                           repeat_kv(tokens, groups), dim**-0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        flex = block_sparse_flex(query, key, value, flex_block_mask(layout, table, heads, query.device), dim**-0.5,
-                                 compiled=False)
+        flex = block_sparse_flex(query, key, value, flex_block_mask(layout, table, heads, query.device, tile),
+                                 dim**-0.5, compiled=False)
     torch.testing.assert_close(flex[keep], reference[keep], rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_tiles_of_the_block_size_are_all_whole(size):
+    """With BigBird's block as the tile (64 where the kernels take it, see flex_tile), an unpadded input without
+    extra global tokens has no partial tile: the kernel computes exactly the (w + r + g) blocks of each query block,
+    nothing masked; with 128-token tiles over 64-token blocks most kept tiles are partial."""
+    length, kv_heads = 64 * 40, 2
+    layout = block_layout(None, None, 1, length, size, 2, 8, torch.device("cpu"))
+    random = random_table(layout, kv_heads, 3, lambda blocks: draw_random_blocks(0, 0, blocks, kv_heads, 3, 2, 3))
+    table = block_table(layout, random, 3)
+    partial, full = tile_table(layout, table, size)
+    assert not partial.any()
+    assert torch.equal(full, table)
+    if size == 64:
+        partial, full = tile_table(layout, table, 128)
+        assert partial.sum() > full.sum()
 
 
 # ------------------------------------------------------------------------------------------------ fallback, padding
@@ -446,12 +465,43 @@ def test_cached_flex_mask_of_unpadded_inputs_equals_the_one_built_per_forward():
         attention = layer.self_attn
         random = random_table(layout, 2, config.num_random_blocks, attention.random_blocks)
         built = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks), 4, torch.device("cpu"))
-        cached = attention.structural_flex_mask(1, length, torch.device("cpu"))
+        cached = attention.structural_flex_mask(1, length, torch.device("cpu"), 128)
         for field in ("kv_num_blocks", "full_kv_num_blocks"):
             assert torch.equal(getattr(cached, field), getattr(built, field)), field
         assert torch.equal(cached.to_dense(), built.to_dense())
         dense.append(cached.to_dense())
     assert not torch.equal(dense[0], dense[1])  # layers draw their own random blocks
     model.config.seed = config.seed + 1
-    assert not torch.equal(model.layers[0].self_attn.structural_flex_mask(1, length, torch.device("cpu")).to_dense(),
-                           dense[0])
+    reseeded = model.layers[0].self_attn.structural_flex_mask(1, length, torch.device("cpu"), 128)
+    assert not torch.equal(reseeded.to_dense(), dense[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize("tile", [64, 128])
+def test_gpu_flex_with_either_tile_equals_blocked(tile, monkeypatch):
+    """Blocks of 64 at MiniLM's head_dim 32, fp32: compiled flex over 64- or 128-token tiles equals the blocked
+    path (outputs to 1e-5; outputs and gradients as close as fp32 rounding lets the naive reference come, see
+    tests/backend_agreement.py), for an unpadded batch (the cached mask) and a padded one with extra globals."""
+    from hf_efficient.attention.flex import small_tiles_compile
+    from hf_efficient.models.bigbird import modeling_bigbird
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if tile == 64 and not small_tiles_compile(32, torch.float32, "cuda:0"):
+        pytest.skip("FlexAttention does not compile 64-token tiles at head_dim 32 on this GPU")
+    monkeypatch.setattr(modeling_bigbird, "flex_tile", lambda block_size, query: tile)
+    config = EfficientBigBirdConfig(**{**SMALL, "hidden_size": 128, "num_attention_heads": 4, "block_size": 64,
+                                       "max_position_embeddings": 2048})
+    torch.manual_seed(0)
+    model = EfficientBigBirdModel(config).cuda().train()
+    ids = torch.randint(1, 61, (2, 64 * 20 + 17), device="cuda")
+    padding = torch.ones_like(ids)
+    padding[1, 1100:] = 0
+    marks = torch.zeros_like(ids)
+    marks[0, 700] = 1
+    for inputs in ({}, {"attention_mask": padding, "global_attention_mask": marks}):
+        real = inputs.get("attention_mask", torch.ones_like(ids)).bool()
+        hidden = {backend: outputs_and_gradients(model, backend, {"input_ids": ids, **inputs}, real)[0]
+                  for backend in ("blocked", "flex")}
+        torch.testing.assert_close(hidden["flex"], hidden["blocked"], rtol=1e-5, atol=1e-5)
+        assert_fast_path_within_rounding(model, "flex", {"input_ids": ids, **inputs}, real)

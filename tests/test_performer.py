@@ -6,6 +6,7 @@ import string
 
 import pytest
 import torch
+from backend_agreement import assert_fast_path_within_rounding, outputs_and_gradients
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     AutoModel,
@@ -81,6 +82,7 @@ def padding_mask(batch: int, length: int) -> torch.Tensor:
         (dict(chunk_size=0), "positive integer"),
         (dict(feature_seed=-1), "non-negative"),
         (dict(attention_backend="flex"), "no FlexAttention"),
+        (dict(attention_backend="sparse"), "attention_backend"),
     ],
 )
 def test_bad_config_says_what_to_change(overrides, message):
@@ -458,3 +460,45 @@ def test_causal_sources_convert_to_a_causal_performer(tmp_path, family):
             next_token = model(input_ids=greedy, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             greedy = torch.cat([greedy, next_token], dim=1)
     assert torch.equal(generated, greedy)
+
+
+def test_compiled_backend_refuses_a_cpu_input():
+    model = EfficientPerformerModel(EfficientPerformerConfig(**SMALL, attention_backend="compiled"))
+    with pytest.raises(ValueError, match="CUDA only"):
+        model(input_ids=torch.randint(1, 61, (1, 9)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize("style", ["bert", "llama"])
+def test_compiled_path_equals_blocked_at_model_scale(style):
+    """MiniLM-like head_dim 32 with d ln d features, 700 tokens (partial causal chunks), a padded batch, fp32:
+    the torch.compile path equals the eager blocked path (outputs to 1e-5; outputs and every gradient as close as
+    fp32 rounding lets the naive reference come, see tests/backend_agreement.py)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    overrides = dict(hidden_size=128, num_attention_heads=4, nb_features=None, chunk_size=128,
+                     max_position_embeddings=1024, vocab_size=61)
+    config = EfficientPerformerConfig(**{**SMALL, **(LLAMA if style == "llama" else {}), **overrides})
+    torch.manual_seed(0)
+    model = EfficientPerformerModel(config).cuda().train()
+    ids = torch.randint(1, 61, (2, 700), device="cuda")
+    mask = torch.ones(2, 700, dtype=torch.long, device="cuda")
+    mask[1, 650:] = 0
+    inputs, real = {"input_ids": ids, "attention_mask": mask, "use_cache": False}, mask.bool()
+    hidden = {backend: outputs_and_gradients(model, backend, inputs, real)[0] for backend in ("blocked", "compiled")}
+    torch.testing.assert_close(hidden["compiled"], hidden["blocked"], rtol=1e-5, atol=1e-5)
+    assert_fast_path_within_rounding(model, "compiled", inputs, real)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_compiled_path_generates_like_the_blocked_path():
+    config = EfficientPerformerConfig(**{**SMALL, **LLAMA, "hidden_size": 64, "nb_features": None})
+    torch.manual_seed(0)
+    model = EfficientPerformerForCausalLM(config).cuda().eval()
+    ids = torch.randint(1, 61, (2, 30), device="cuda")
+    generated = {}
+    for backend in ("blocked", "compiled"):
+        config.attention_backend = backend
+        generated[backend] = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(generated["compiled"], generated["blocked"])

@@ -21,8 +21,9 @@ Three paths compute the same function:
   `attention.attend`; the full rows (global blocks, extra global tokens, short rows) are G queries against all keys.
   Time O(N (w + r + g) b d + G N d), memory O(N (w + r + g) b + G N); trains on CPU.
 * `block_sparse_flex`: FlexAttention over a BlockMask of the same table (GPU); the kernel skips empty tiles.
-  Its tiles are 128 x 128, so at b = 128 they are BigBird's blocks; other sizes go through the mask_mod. The
-  BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
+  Its tiles are BigBird's blocks when b is 64 or a multiple of 128 (`flex_tile`), so every kept tile is whole
+  and the kernel does exactly the pattern's work; other sizes use 128 x 128 tiles and the mask_mod inside the
+  partial ones. The BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
   Time O(N (w + r + g) b d) up to tile rounding, memory O(N d) plus the (n, n) block table.
 
 Deviations from the paper and from transformers' BigBird:
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
-from .flex import FLEX_TILE, flex_attend
+from .flex import FLEX_TILE, SMALL_FLEX_TILE, flex_attend, small_tiles_compile
 from .global_tokens import gather_positions, global_slots, scatter_global_rows
 
 
@@ -274,8 +275,20 @@ def full_rows(attention: EfficientAttention, query: torch.Tensor, key: torch.Ten
     return attended
 
 
-def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, device: torch.device):
-    """The token-level pattern of `token_keep` as a FlexAttention BlockMask, per row and per query head.
+def flex_tile(block_size: int, query: torch.Tensor) -> int:
+    """The BlockMask tile for blocks of b tokens: b's own 64 when b = 64 and the compiled kernels take it here
+    (tiles of 128 would each hold two query blocks with different random blocks: up to 2.5x the work, masked
+    inside), else FlexAttention's default 128."""
+    small = block_size == SMALL_FLEX_TILE and query.is_cuda
+    if small and small_tiles_compile(query.shape[-1], query.dtype, str(query.device)):
+        return SMALL_FLEX_TILE
+    return FLEX_TILE
+
+
+def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, device: torch.device,
+                    tile: int = FLEX_TILE):
+    """The token-level pattern of `token_keep` as a FlexAttention BlockMask of tile x tile tiles, per row and per
+    query head.
 
     The BlockMask is built from the block table itself (`tile_table`), O(batch h (N/b)^2 N/128) work, instead of
     evaluating mask_mod on every (query, key) pair (create_block_mask: O(batch h N^2) per layer and forward, which
@@ -292,34 +305,35 @@ def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, de
             allowed = allowed | extra[b, q_idx] | extra[b, kv_idx]
         return (allowed & real[b, kv_idx]) | (q_idx == kv_idx)
 
-    partial, full = tile_table(layout, table)
+    partial, full = tile_table(layout, table, tile)
     partial, full = partial.repeat_interleave(groups, dim=1), full.repeat_interleave(groups, dim=1)
-    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=FLEX_TILE,
+    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
                                     mask_mod=mask_mod, seq_lengths=(layout.length, layout.length))
 
 
-def tile_table(layout: BlockLayout, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(partial, full): (batch, kv_heads, T, T) bool over FlexAttention's 128 x 128 tiles, T = ceil(N / 128). A tile
-    is full when every pair in it is kept (all its block pairs in the table, all its keys real, inside N); partial
-    when some pair may be kept (a block pair, an extra global token's row or column, the diagonal) but not all.
-    With O the (T, blocks) 0/1 overlap of tiles and blocks, O table O^T counts the kept block pairs of each tile."""
-    length, tile_count = layout.length, -(-layout.length // FLEX_TILE)
+def tile_table(layout: BlockLayout, table: torch.Tensor, tile: int = FLEX_TILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full): (batch, kv_heads, T, T) bool over the BlockMask's tile x tile tiles, T = ceil(N / tile). A
+    tile is full when every pair in it is kept (all its block pairs in the table, all its keys real, inside N);
+    partial when some pair may be kept (a block pair, an extra global token's row or column, the diagonal) but not
+    all. With O the (T, blocks) 0/1 overlap of tiles and blocks, O table O^T counts the kept block pairs of each
+    tile."""
+    length, tile_count = layout.length, -(-layout.length // tile)
     device = table.device
     tokens = torch.arange(length, device=device)
     overlap = torch.zeros(tile_count, layout.num_blocks, device=device)
-    overlap[tokens // FLEX_TILE, tokens // layout.block_size] = 1.0
+    overlap[tokens // tile, tokens // layout.block_size] = 1.0
     kept_pairs = overlap @ table.float() @ overlap.T  # exact: small integer counts in fp32
     pair_count = overlap.sum(1)
     any_kept = kept_pairs > 0
     all_kept = kept_pairs == pair_count[:, None] * pair_count[None, :]
-    padding = tile_count * FLEX_TILE - length  # beyond N: True for "all real", False for "any global"
-    all_real = F.pad(layout.key_real[:, :length], (0, padding), value=True).view(-1, tile_count, FLEX_TILE).all(-1)
+    padding = tile_count * tile - length  # beyond N: True for "all real", False for "any global"
+    all_real = F.pad(layout.key_real[:, :length], (0, padding), value=True).view(-1, tile_count, tile).all(-1)
     whole = torch.ones(tile_count, dtype=torch.bool, device=device)
-    whole[-1] = length % FLEX_TILE == 0
+    whole[-1] = length % tile == 0
     full = all_kept & all_real[:, None, None, :] & whole[None, None, :, None] & whole[None, None, None, :]
     any_kept = any_kept | torch.eye(tile_count, dtype=torch.bool, device=device)
     if layout.extra_global is not None:
-        extra = F.pad(layout.extra_global, (0, padding), value=False).view(-1, tile_count, FLEX_TILE).any(-1)
+        extra = F.pad(layout.extra_global, (0, padding), value=False).view(-1, tile_count, tile).any(-1)
         any_kept = any_kept | extra[:, None, :, None] | extra[:, None, None, :]
     return any_kept & ~full, full
 

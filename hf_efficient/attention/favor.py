@@ -30,10 +30,14 @@ Paths (all compute the same function; features and sums in float32):
   (m) is carried from chunk to chunk; inside a chunk the exact causal part is the masked (C x C) matrix.
   Time O(N (C m + C d + m d)); memory O(N m + C^2 + m d) forward, plus one (m x d) state per chunk kept for
   backward (O(N m d / C)), never O(N m d). Decoding reuses it with the cached (S, z, r): O(m d) per new token.
+* "compiled" (CUDA): the same functions through torch.compile: `favor_bidirectional_qkv` (features and sums in
+  one graph) or the compiled `feature_map` and `causal_chunk`; the elementwise float32 work on the (N, m) features,
+  which dominates the eager path's time and memory, is fused into a few kernels.
 GQA: keys, values and the state are per KV head; the queries of a group share them (a group axis G).
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -178,11 +182,36 @@ def favor_state(key_features: torch.Tensor, key_log_scale: torch.Tensor, value: 
                          _masked_log_scale(key_log_scale, keep), value, real)
 
 
+def causal_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: torch.Tensor, real: torch.Tensor | None,
+    sums: torch.Tensor, normaliser: torch.Tensor, reference: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One chunk of causal FAVOR+ after the state (sums, normaliser, reference) of the tokens before it: q (B, Hkv,
+    G, C, m), k (B, Hkv, 1, C, m), v (B, Hkv, 1, C, d) float32, log scales c (B, Hkv, 1, C), real (B, 1, 1, C) or
+    None. Returns the chunk's output (B, Hkv, G, C, d) and the state after it (tensors, so that it compiles)."""
+    size = k.shape[-2]
+    # each query's reference: the running max log scale of the keys it sees (detached: it cancels exactly)
+    running = torch.maximum(torch.cummax(c, dim=-1).values, reference[..., None]).detach()  # (B, Hkv, 1, C)
+    # the exact causal part inside the chunk: key j weighted relative to query i's reference, j <= i
+    allowed = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()
+    if real is not None:
+        allowed = allowed & real[..., None, :]
+    exponent = (c[..., None, :] - running[..., :, None]).masked_fill(~allowed, float("-inf"))  # (B, Hkv, 1, C, C)
+    weights = (q @ k.transpose(-1, -2)) * torch.exp(exponent)  # (B, Hkv, G, C, C)
+    carry = torch.exp(reference[..., None] - running)  # (B, Hkv, 1, C): earlier chunks, rescaled
+    numerator = weights @ v + carry[..., None] * (q @ sums)
+    denominator = weights.sum(-1) + carry * (q @ normaliser[..., None]).squeeze(-1)
+    out = numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    return out, *advance_state(FavorState(sums, normaliser, reference), k, c, v, real).tensors()
+
+
 def favor_causal_chunked(
     query_features: torch.Tensor, key_features: torch.Tensor, key_log_scale: torch.Tensor, value: torch.Tensor,
     keep: torch.Tensor | None, chunk_size: int, state: FavorState | None = None,
+    chunk_step: Callable[..., tuple[torch.Tensor, ...]] = causal_chunk,
 ) -> tuple[torch.Tensor, FavorState]:
-    """Causal FAVOR+ by chunked prefix sums, continuing from `state` (None: from the start).
+    """Causal FAVOR+ by chunked prefix sums, continuing from `state` (None: from the start); `chunk_step` is
+    `causal_chunk` or a compiled form of it.
 
     Shapes as in `favor_reference` (N = the new tokens; keep (B, N) covers only them). Returns the output
     (B, Hkv, G, N, d) and the state after the last token.
@@ -194,23 +223,29 @@ def favor_causal_chunked(
     for start in range(0, key_features.shape[-2], chunk_size):
         chunk = slice(start, start + chunk_size)
         q, k, v = (x[..., chunk, :] for x in (query_features, key_features, value))
-        c = log_scale[..., chunk]  # (B, Hkv, 1, C)
-        size = k.shape[-2]
         real = None if keep is None else keep[:, None, None, chunk]  # (B, 1, 1, C)
-        # each query's reference: the running max log scale of the keys it sees (detached: it cancels exactly)
-        running = torch.maximum(torch.cummax(c, dim=-1).values, state.reference[..., None]).detach()  # (B, Hkv, 1, C)
-        # the exact causal part inside the chunk: key j weighted relative to query i's reference, j <= i
-        allowed = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()
-        if real is not None:
-            allowed = allowed & real[..., None, :]
-        exponent = (c[..., None, :] - running[..., :, None]).masked_fill(~allowed, float("-inf"))  # (B,Hkv,1,C,C)
-        weights = (q @ k.transpose(-1, -2)) * torch.exp(exponent)  # (B, Hkv, G, C, C)
-        carry = torch.exp(state.reference[..., None] - running)  # (B, Hkv, 1, C): earlier chunks, rescaled
-        numerator = weights @ v + carry[..., None] * (q @ state.sums)
-        denominator = weights.sum(-1) + carry * (q @ state.normaliser[..., None]).squeeze(-1)
-        outputs.append(numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)[..., None])
-        state = advance_state(state, k, c, v, real)
+        out, *tensors = chunk_step(q, k, v, log_scale[..., chunk], real, *state.tensors())
+        outputs.append(out)
+        state = FavorState(*tensors)
     return torch.cat(outputs, dim=-2), state
+
+
+def feature_map(x: torch.Tensor, projection: torch.Tensor, kernel: str, normalizer: float):
+    """The kernel's features of x: `softmax_features` (normalizer d^-1/4) or `relu_features`."""
+    if kernel == "relu":
+        return relu_features(x, projection)
+    return softmax_features(x, projection, normalizer)
+
+
+def favor_bidirectional_qkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, projection: torch.Tensor, kernel: str,
+    normalizer: float, keep: torch.Tensor | None,
+) -> torch.Tensor:
+    """`feature_map` of q (B, Hkv, G, N, d) and k (B, Hkv, 1, N, d), then `favor_bidirectional`: one function, so
+    that compiling it fuses the features' elementwise work (exp, shifts, sums) with the sums' (the GPU path)."""
+    query_features, _ = feature_map(query, projection, kernel, normalizer)
+    key_features, key_log_scale = feature_map(key, projection, kernel, normalizer)
+    return favor_bidirectional(query_features, key_features, key_log_scale, value, keep)
 
 
 def exact_softmax_reference(

@@ -22,7 +22,7 @@ _CHOICES = {
     "position_embedding_type": ("absolute", "rotary", "none"),
     "mlp_type": ("standard", "gated"),
     "classifier_pooling": ("first", "last"),
-    "attention_backend": ("auto", "reference", "blocked", "flex"),
+    "attention_backend": ("auto", "reference", "blocked", "flex", "compiled"),
     "pooler_act": ("tanh", "relu", "gelu"),
 }
 
@@ -31,8 +31,12 @@ class EfficientConfig(PreTrainedConfig):
     """Shared backbone configuration (abstract: each variant subclasses it with its own `model_type`).
 
     Defaults are BERT-base's. `attention_backend` picks the attention path: "auto" takes the GPU fast path on
-    CUDA and the memory-efficient PyTorch path elsewhere; "reference" is the naive O(N^2) path kept for tests.
+    CUDA and the memory-efficient PyTorch path elsewhere; "reference" is the naive O(N^2) path kept for tests;
+    "flex" (FlexAttention) and "compiled" (torch.compile of the blocked path) are the GPU fast paths of the
+    variants that have them.
     """
+
+    has_compiled_path = False  # a class attribute (not a config field): the variant has a "compiled" backend
 
     # sizes
     vocab_size: int = 30522
@@ -115,6 +119,9 @@ class EfficientConfig(PreTrainedConfig):
         for field, choices in _CHOICES.items():
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not supported; use one of {choices}.")
+        if self.attention_backend == "compiled" and not type(self).has_compiled_path:
+            raise ValueError(f"attention_backend='compiled' is a torch.compile path that {type(self).__name__} does "
+                             "not have. Use 'auto' (the variant's GPU fast path on CUDA), 'blocked' or 'reference'.")
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                       "max_position_embeddings", "head_dim", "num_key_value_heads", "embedding_size"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:

@@ -8,6 +8,7 @@ TESTER = VariantTester(
     # 1e-3 of softmax in the bert style) and the degenerate check would prove little.
     mechanism=dict(nb_features=8, chunk_size=8, initializer_range=0.04),
     cpu_backends=("blocked",),
+    gpu_backends=("compiled",),  # torch.compile of the blocked path's functions (bidirectional and causal chunks)
     # full_attention_overrides = 8192 softmax-kernel features. Measured on the common test's tiny models, feature
     # seeds 0-2, max |difference| of last_hidden_state to exact softmax attention: bert 1.4e-4..2.2e-4, gpt2
     # 5.2e-3..7.3e-3, llama 6.8e-3..9.2e-3 (the 8-feature models are 7.8e-3..0.32 off). FAVOR+ is an unbiased

@@ -13,6 +13,7 @@ from ...attention.block_sparse import (
     block_table,
     draw_random_blocks,
     flex_block_mask,
+    flex_tile,
     random_table,
     seeded_random_blocks,
     token_keep,
@@ -59,7 +60,7 @@ class EfficientBigBirdAttention(EfficientAttention):
             return seeded_random_blocks(config.seed, *arguments)
         return draw_random_blocks(draw, *arguments)
 
-    def structural_flex_mask(self, batch: int, length: int, device: torch.device):
+    def structural_flex_mask(self, batch: int, length: int, device: torch.device, tile: int):
         """The flex BlockMask of an unpadded input without extra global tokens: a function of the config, the layer
         and the shape only (the seeded random blocks), built once per process (rebuilding it every forward cost
         more than the attention itself at short lengths)."""
@@ -67,7 +68,7 @@ class EfficientBigBirdAttention(EfficientAttention):
         return _structural_flex_mask(
             self.layer_idx, batch, length, str(device), self.num_heads, self.num_key_value_heads, config.seed,
             config.block_size, config.num_sliding_blocks, config.num_random_blocks, config.num_global_blocks,
-            config.min_sparse_blocks,
+            config.min_sparse_blocks, tile,
         )
 
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
@@ -120,11 +121,12 @@ class EfficientBigBirdAttention(EfficientAttention):
                 self, query, key, value, layout, random, config.num_sliding_blocks
             ), None
         elif backend == "flex":
+            tile = flex_tile(config.block_size, query)
             if structural:
-                mask = self.structural_flex_mask(batch, length, query.device)
+                mask = self.structural_flex_mask(batch, length, query.device, tile)
             else:
                 mask = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks),
-                                       self.num_heads, query.device)
+                                       self.num_heads, query.device, tile)
             attended, weights = block_sparse_flex(query, key, value, mask, self.scaling), None
         else:
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
@@ -174,9 +176,10 @@ class EfficientBigBirdForQuestionAnswering(EfficientForQuestionAnswering):
 
 @functools.lru_cache(maxsize=64)
 def _structural_flex_mask(layer: int, batch: int, length: int, device: str, heads: int, kv_heads: int, seed: int,
-                          block_size: int, num_sliding: int, num_random: int, num_global: int, min_sparse: int):
+                          block_size: int, num_sliding: int, num_random: int, num_global: int, min_sparse: int,
+                          tile: int):
     device = torch.device(device)
     layout = block_layout(None, None, batch, length, block_size, num_global, min_sparse, device)
     random = random_table(layout, kv_heads, num_random, lambda blocks: seeded_random_blocks(
         seed, layer, blocks, kv_heads, num_random, num_global, num_sliding))
-    return flex_block_mask(layout, block_table(layout, random, num_sliding), heads, device)
+    return flex_block_mask(layout, block_table(layout, random, num_sliding), heads, device, tile)

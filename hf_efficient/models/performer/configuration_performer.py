@@ -35,6 +35,8 @@ class EfficientPerformerConfig(EfficientConfig):
     feature_seed: int = 0
     chunk_size: int = 128
 
+    has_compiled_path = True
+
     def __post_init__(self, **kwargs: Any) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel={self.kernel!r} is not supported; use one of {KERNELS}.")
@@ -49,7 +51,7 @@ class EfficientPerformerConfig(EfficientConfig):
             raise ValueError(f"feature_seed={self.feature_seed!r}: use a non-negative integer.")
         if self.attention_backend == "flex":
             raise ValueError("FAVOR+ has no FlexAttention path (it never forms the attention matrix); use "
-                             "attention_backend='auto' or 'blocked' (chunked PyTorch, also on CUDA).")
+                             "attention_backend='auto', 'compiled' (torch.compile, CUDA) or 'blocked' (PyTorch).")
         super().__post_init__(**kwargs)
         if self.nb_features is None:
             self.nb_features = max(1, int(self.head_dim * math.log(self.head_dim)))

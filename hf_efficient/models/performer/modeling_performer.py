@@ -1,18 +1,22 @@
 """EfficientPerformer: the backbone with FAVOR+ attention in every layer, and its constant-size decoding cache."""
 
+import functools
+
 import torch
 from torch import nn
 from transformers.utils import logging
 
+from ...attention.compiled import run_compiled
 from ...attention.favor import (
     FavorState,
+    causal_chunk,
     draw_random_features,
     favor_bidirectional,
+    favor_bidirectional_qkv,
     favor_causal_chunked,
     favor_reference,
     favor_state,
-    relu_features,
-    softmax_features,
+    feature_map,
 )
 from ...core.attention import EfficientAttention
 from ...core.heads import (
@@ -102,10 +106,12 @@ class EfficientPerformerAttention(EfficientAttention):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def features(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.kernel == "relu":
-            return relu_features(states, self.random_features)
-        return softmax_features(states, self.random_features, self.scaling**0.5)
+    def features(self, states: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        arguments = (states, self.random_features, self.config.kernel, self.scaling**0.5)
+        return run_compiled(feature_map, *arguments) if compiled else feature_map(*arguments)
+
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        return self.choose_backend(hidden_states, output_attentions, gpu_backend="compiled")
 
     def forward(
         self,
@@ -120,9 +126,8 @@ class EfficientPerformerAttention(EfficientAttention):
         batch, _, length, dim = query.shape
         groups = self.num_key_value_groups
         # (B, H, N, d) -> (B, Hkv, G, N, d): the queries of one KV head side by side; keys/values get G = 1
-        query_features, _ = self.features(query.view(batch, self.num_key_value_heads, groups, length, dim))
-        key_features, key_log_scale = self.features(key[:, :, None])
-        value = value[:, :, None]
+        query, key, value = query.view(batch, self.num_key_value_heads, groups, length, dim), key[:, :, None], \
+            value[:, :, None]
         keep = None if attention_mask is None else attention_mask[:, -length:]  # the new tokens' keys
 
         layer, state = None, None
@@ -132,8 +137,20 @@ class EfficientPerformerAttention(EfficientAttention):
                 raise ValueError(f"EfficientPerformer decodes with a FavorCache, got {type(past_key_values).__name__}.")
             if layer.state is not None:
                 state = FavorState(*(t.to(query.device) for t in layer.state.tensors()))
-        backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
+        backend = self.backend(hidden_states, output_attentions)
+        if backend not in ("reference", "blocked", "compiled"):
+            raise ValueError(f"attention_backend={backend!r} is not available for FAVOR+; use auto, compiled (CUDA), "
+                             "blocked or reference.")
+        compiled = backend == "compiled"
+        if compiled and not query.is_cuda:
+            raise ValueError("attention_backend='compiled' runs on CUDA only; use 'auto' or 'blocked' on this device.")
         weights = None
+        if compiled and not self.is_causal:
+            attended = run_compiled(favor_bidirectional_qkv, query, key, value, self.random_features,
+                                    self.config.kernel, self.scaling**0.5, keep)
+        else:
+            query_features, _ = self.features(query, compiled)
+            key_features, key_log_scale = self.features(key, compiled)
         if backend == "reference":
             if state is not None:
                 raise ValueError("The reference path (output_attentions=True or attention_backend='reference') needs "
@@ -143,15 +160,12 @@ class EfficientPerformerAttention(EfficientAttention):
                                                 self.is_causal)
             if layer is not None:  # the state a later step continues from
                 state = favor_state(key_features, key_log_scale, value, keep)
-        elif backend == "blocked":
-            if self.is_causal:
-                attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
-                                                       self.config.chunk_size, state)
-            else:
-                attended = favor_bidirectional(query_features, key_features, key_log_scale, value, keep)
-        else:
-            raise ValueError(f"attention_backend={backend!r} is not available for FAVOR+; use auto, blocked or "
-                             "reference.")
+        elif self.is_causal:
+            step = functools.partial(run_compiled, causal_chunk) if compiled else causal_chunk
+            attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
+                                                   self.config.chunk_size, state, step)
+        elif not compiled:
+            attended = favor_bidirectional(query_features, key_features, key_log_scale, value, keep)
         if layer is not None:
             layer.advance(state, length)
         # (B, Hkv, G, N, d) -> (B, N, H, d)
