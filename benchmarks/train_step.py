@@ -16,8 +16,8 @@ is timed apart (it includes torch.compile of FlexAttention and its block mask, T
 then warm-up steps, then steps timed with CUDA events: tokens/s = N / median. Peak = torch.cuda.max_memory_allocated
 over the timed steps. After an OOM, or when the model's time budget (--max-seconds) would be exceeded, its longer
 lengths are recorded as skipped. Before our models are timed at their smallest length, their fast path is checked
-against a second path on the same input: flex against blocked (the CPU path) where the fast path is flex, else
-blocked (also the GPU path) against the naive reference.
+against a second path on the same input: flex or compiled against blocked (the CPU path) where the fast path is one
+of those, else blocked (also the GPU path) against the naive reference.
 
     python benchmarks/train_step.py --out benchmarks/results/                   # everything, on a GPU (~15 min)
     python benchmarks/train_step.py --models ours --out DIR                     # ours only (one device call)
@@ -424,14 +424,14 @@ def attention_backend_in_use(model: nn.Module, device: torch.device) -> str:
     """The path our first layer's attention takes under the model's config on this device."""
     attention = model.base_model.layers[0].self_attn
     probe = torch.empty(0, device=device)
-    if hasattr(attention, "backend"):  # the variants with a FlexAttention path
+    if hasattr(attention, "backend"):  # the variants with a FlexAttention or compiled path
         return attention.backend(probe, output_attentions=False)
     return attention.choose_backend(probe, output_attentions=False, gpu_backend=None)
 
 
 def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
-    """Same weights, same input: the loss (and logits) of our fast path against a second path (flex against blocked;
-    blocked, when it is the fast path, against the naive reference)."""
+    """Same weights, same input: the loss (and logits) of our fast path against a second path (flex or compiled
+    against blocked; blocked, when it is the fast path, against the naive reference)."""
     fast = attention_backend_in_use(model, device)
     other = "blocked" if fast != "blocked" else "reference"
     results = {}
