@@ -66,7 +66,8 @@ class EfficientPerformerAttention(EfficientAttention):
     random features of `random_features` (m x d, a persistent buffer drawn from the config's feature_seed; forward
     never redraws, `redraw_features` does). Bidirectional: time O(N m d), memory O(N m + m d); causal: chunked
     prefix sums, time O(N (C m + C d + m d)), memory O(N m + C^2 + m d); decoding O(m d) per token with a
-    `FavorCache`. Deviations: the per-token stabilisation of attention/favor.py; attention dropout is not applied
+    `FavorCache`. On CUDA the "compiled" backend runs the same functions through torch.compile (fused float32
+    feature work). Deviations: the per-token stabilisation of attention/favor.py; attention dropout is not applied
     (there is no attention matrix to drop from). Padding rows of the output are zero.
     """
 
