@@ -13,6 +13,7 @@ Writes DIR/fast_path_ablation.csv and .md (tokens/s = N / median step time, peak
 
 import argparse
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,7 +22,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step  # noqa: E402  (benchmarks/train_step.py: the model builders and the timed step)
 
-import hf_efficient  # noqa: E402
 from hf_efficient.models.bigbird import modeling_bigbird  # noqa: E402
 
 CASES = {  # name: (our train_step model, config overrides, BigBird tile forced or None)
@@ -33,21 +33,6 @@ CASES = {  # name: (our train_step model, config overrides, BigBird tile forced 
     "performer causal, blocked (eager)": ("performer", {"attention_backend": "blocked", "is_causal": True}, None),
 }
 CAUSAL_MAX_LENGTH = 16384  # the causal chunk loop takes seconds per step beyond
-
-
-def spec_with(name: str, model: str, overrides: dict) -> train_step.ModelSpec:
-    """train_step's model `model` (the paper's knobs) with config fields overridden; the LM head of the same
-    shape (masked, or causal when is_causal), trained on the same 15% of tokens."""
-    variant, knobs, _ = train_step.OUR_VARIANTS[model]
-
-    def build(length, setup):
-        entry = hf_efficient.VARIANTS[f"efficient_{variant}"]
-        config = entry.config(**train_step.backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs),
-                              **overrides)
-        config._attn_implementation = "sdpa"
-        return entry.heads["causal_lm" if config.is_causal else "masked_lm"](config)
-
-    return train_step.ModelSpec(name, "ours", lambda k: name, build)
 
 
 def write_report(rows: list[dict], lengths: list[int], out: Path) -> str:
@@ -92,7 +77,7 @@ def main() -> None:
     rows, original_tile = [], modeling_bigbird.flex_tile
     for name, (model, overrides, tile) in CASES.items():
         modeling_bigbird.flex_tile = original_tile if tile is None else (lambda block_size, query, t=tile: t)
-        spec = spec_with(name, model, overrides)
+        spec = dataclasses.replace(train_step.our_spec(model, overrides), name=name, label=lambda k, n=name: n)
         for length in lengths:
             record = {"case": name, "length": length}
             if overrides.get("is_causal") and length > CAUSAL_MAX_LENGTH:

@@ -134,15 +134,18 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
 }
 
 
-def our_spec(name: str) -> ModelSpec:
+def our_spec(name: str, overrides: dict | None = None) -> ModelSpec:
+    """Our model `name` with the paper's knobs (and config `overrides`): its masked-LM head, or its causal-LM head
+    (same shape, same loss here) when the overrides make it causal."""
     variant, knobs, label = OUR_VARIANTS[name]
     model_type = f"efficient_{variant}"
 
     def build(length: int, setup: Setup) -> nn.Module:
         entry = hf_efficient.VARIANTS[model_type]
-        config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs))
+        config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs),
+                              **(overrides or {}))
         config._attn_implementation = "sdpa"  # our blocked paths call transformers' attention interface
-        return entry.heads["masked_lm"](config)
+        return entry.heads["causal_lm" if config.is_causal else "masked_lm"](config)
 
     def unavailable(setup: Setup) -> str | None:
         return None if model_type in hf_efficient.VARIANTS else f"n.a.: no variant {model_type} in hf_efficient"

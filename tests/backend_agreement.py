@@ -21,12 +21,15 @@ def outputs_and_gradients(model, backend: str, inputs: dict, real: torch.Tensor)
     return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_fast_path_within_rounding(model, fast: str, inputs: dict, real: torch.Tensor) -> dict:
-    """Asserts max|fast - blocked| <= FACTOR * max|reference - blocked| (+ 1e-7 of the tensor's size) for the
-    output and each gradient; returns {name: (fast difference, reference difference)} for the record."""
+def assert_fast_path_within_rounding(model, fast: str, inputs: dict, real: torch.Tensor,
+                                     output_tolerance: float = 1e-5) -> dict:
+    """Asserts the fast path's output within `output_tolerance` of the blocked path's (rtol and atol), and
+    max|fast - blocked| <= FACTOR * max|reference - blocked| (+ 1e-7 of the tensor's size) for the output and each
+    gradient; returns {name: (fast difference, reference difference)} for the record."""
     blocked = outputs_and_gradients(model, "blocked", inputs, real)
     results = {backend: outputs_and_gradients(model, backend, inputs, real) for backend in (fast, "reference")}
     model.config.attention_backend = "auto"
+    torch.testing.assert_close(results[fast][0], blocked[0], rtol=output_tolerance, atol=output_tolerance)
     pairs = {"output": (blocked[0], results[fast][0], results["reference"][0])}
     pairs |= {name: (grad, results[fast][1][name], results["reference"][1][name]) for name, grad in blocked[1].items()}
     figures, failures = {}, []

@@ -21,9 +21,9 @@ Three paths compute the same function:
   `attention.attend`; the full rows (global blocks, extra global tokens, short rows) are G queries against all keys.
   Time O(N (w + r + g) b d + G N d), memory O(N (w + r + g) b + G N); trains on CPU.
 * `block_sparse_flex`: FlexAttention over a BlockMask of the same table (GPU); the kernel skips empty tiles.
-  Its tiles are BigBird's blocks when b is 64 or a multiple of 128 (`flex_tile`), so every kept tile is whole
-  and the kernel does exactly the pattern's work; other sizes use 128 x 128 tiles and the mask_mod inside the
-  partial ones. The BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
+  Its tiles are 64 x 64 when b = 64 and 128 x 128 otherwise (`flex_tile`): for b = 64 and multiples of 128
+  every kept tile is whole and the kernel does exactly the pattern's work; other sizes use the mask_mod inside
+  the partial tiles. The BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
   Time O(N (w + r + g) b d) up to tile rounding, memory O(N d) plus the (n, n) block table.
 
 Deviations from the paper and from transformers' BigBird:

@@ -11,7 +11,6 @@ from ...attention.favor import (
     FavorState,
     causal_chunk,
     draw_random_features,
-    favor_bidirectional,
     favor_bidirectional_qkv,
     favor_causal_chunked,
     favor_reference,
@@ -146,27 +145,26 @@ class EfficientPerformerAttention(EfficientAttention):
         if compiled and not query.is_cuda:
             raise ValueError("attention_backend='compiled' runs on CUDA only; use 'auto' or 'blocked' on this device.")
         weights = None
-        if compiled and not self.is_causal:
-            attended = run_compiled(favor_bidirectional_qkv, query, key, value, self.random_features,
-                                    self.config.kernel, self.scaling**0.5, keep)
+        if backend != "reference" and not self.is_causal:  # features and sums in one function (fused when compiled)
+            arguments = (query, key, value, self.random_features, self.config.kernel, self.scaling**0.5, keep)
+            attended = (run_compiled(favor_bidirectional_qkv, *arguments) if compiled
+                        else favor_bidirectional_qkv(*arguments))
         else:
             query_features, _ = self.features(query, compiled)
             key_features, key_log_scale = self.features(key, compiled)
-        if backend == "reference":
-            if state is not None:
-                raise ValueError("The reference path (output_attentions=True or attention_backend='reference') needs "
-                                 "every key, but a FavorCache keeps only the prefix state: decode without them, or "
-                                 "call with use_cache=False.")
-            attended, weights = favor_reference(query_features, key_features, key_log_scale, value, keep,
-                                                self.is_causal)
-            if layer is not None:  # the state a later step continues from
-                state = favor_state(key_features, key_log_scale, value, keep)
-        elif self.is_causal:
-            step = functools.partial(run_compiled, causal_chunk) if compiled else causal_chunk
-            attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
-                                                   self.config.chunk_size, state, step)
-        elif not compiled:
-            attended = favor_bidirectional(query_features, key_features, key_log_scale, value, keep)
+            if backend == "reference":
+                if state is not None:
+                    raise ValueError("The reference path (output_attentions=True or attention_backend='reference') "
+                                     "needs every key, but a FavorCache keeps only the prefix state: decode without "
+                                     "them, or call with use_cache=False.")
+                attended, weights = favor_reference(query_features, key_features, key_log_scale, value, keep,
+                                                    self.is_causal)
+                if layer is not None:  # the state a later step continues from
+                    state = favor_state(key_features, key_log_scale, value, keep)
+            else:
+                step = functools.partial(run_compiled, causal_chunk) if compiled else causal_chunk
+                attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
+                                                       self.config.chunk_size, state, step)
         if layer is not None:
             layer.advance(state, length)
         # (B, Hkv, G, N, d) -> (B, N, H, d)
