@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 from backend_agreement import assert_fast_path_within_rounding
+from testers import enable_activation_checkpointing
 from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, BertTokenizerFast
 
 import hf_efficient
@@ -316,7 +317,7 @@ def test_resampling_in_training_is_seeded_like_dropout():
     gradients = []
     for checkpointing in (False, True):
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
         model.zero_grad()
         torch.manual_seed(1)
         model(input_ids=ids).last_hidden_state.pow(2).mean().backward()

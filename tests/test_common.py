@@ -4,12 +4,13 @@ import dataclasses
 
 import pytest
 import torch
-from testers import TESTERS
+from testers import TESTERS, enable_activation_checkpointing
 from transformers import AutoConfig, AutoModel
 
 import hf_efficient
 from hf_efficient.auto import AUTO_HEADS, VARIANTS
 from hf_efficient.core import EfficientConfig, EfficientModel
+from hf_efficient.core.cache_argument import returned_cache
 
 VARIANT_NAMES = sorted(VARIANTS)
 NUM_LABELS = 3
@@ -279,10 +280,10 @@ def test_cached_decoding_equals_full_pass(model_type):
             prefix = 5
             step = model(input_ids=input_ids[:, :prefix], use_cache=True)
             torch.testing.assert_close(step.logits, full[:, :prefix], rtol=1e-5, atol=1e-5)
-            cache = step.past_key_values
+            cache = returned_cache(step)
             for position in range(prefix, input_ids.shape[1]):
-                step = model(input_ids=input_ids[:, position : position + 1], past_key_values=cache, use_cache=True)
-                cache = step.past_key_values
+                step = model(input_ids=input_ids[:, position : position + 1], cache=cache, use_cache=True)
+                cache = returned_cache(step)
                 torch.testing.assert_close(step.logits[:, 0], full[:, position], rtol=1e-5, atol=1e-5,
                                            msg=f"{style} position {position}")
             generated = model.generate(input_ids[:, :prefix], max_new_tokens=12, do_sample=False)
@@ -313,7 +314,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type):
     gradients = []
     for checkpointing in (False, True):
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
         model.zero_grad()
         model(**inputs).last_hidden_state.pow(2).mean().backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})

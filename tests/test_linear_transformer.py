@@ -32,6 +32,7 @@ from hf_efficient.attention.linear import (
 )
 from hf_efficient.conversion import convert
 from hf_efficient.core.attention import repeat_kv
+from hf_efficient.core.cache_argument import returned_cache
 from hf_efficient.models.linear_transformer import LinearAttentionCache, LinearAttentionStateLayer
 
 SMALL = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -159,11 +160,11 @@ def test_decoding_state_has_constant_size(style):
     model = EfficientLinearTransformerForCausalLM(EfficientLinearTransformerConfig(**SMALL, **overrides)).eval()
     ids = torch.randint(1, 61, (2, 16), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        cache = model(input_ids=ids[:, :3]).past_key_values
+        cache = returned_cache(model(input_ids=ids[:, :3]))
         assert isinstance(cache, LinearAttentionCache) and len(cache.layers) == 2
         sizes = [[(tuple(layer.state.shape), tuple(layer.normaliser.shape)) for layer in cache.layers]]
         for position in range(3, 16):
-            cache = model(input_ids=ids[:, position : position + 1], past_key_values=cache).past_key_values
+            cache = returned_cache(model(input_ids=ids[:, position : position + 1], cache=cache))
             sizes.append([(tuple(layer.state.shape), tuple(layer.normaliser.shape)) for layer in cache.layers])
             assert cache.get_seq_length() == position + 1
     head_dim = 16 // 4
@@ -181,10 +182,10 @@ def test_cached_decoding_honours_padding():
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         step = model(input_ids=ids[:, :6], attention_mask=mask[:, :6])
-        logits, cache = [step.logits], step.past_key_values
+        logits, cache = [step.logits], returned_cache(step)
         for position in range(6, 15):
             step = model(input_ids=ids[:, position : position + 1], attention_mask=mask[:, : position + 1],
-                         past_key_values=cache)
+                         cache=cache)
             logits.append(step.logits)
     real = mask.bool()
     torch.testing.assert_close(torch.cat(logits, dim=1)[real], full[real], rtol=1e-5, atol=1e-5)
@@ -195,9 +196,9 @@ def test_generate_refits_a_fresh_dynamic_cache_and_beam_search_works():
     prompt = torch.randint(1, 61, (2, 6), generator=torch.Generator().manual_seed(7))
     cache = DynamicCache()  # kept by the caller and passed again: refitted in place, so it keeps the state
     with torch.no_grad():
-        first = model(input_ids=prompt, past_key_values=cache).logits[:, -1]
+        first = model(input_ids=prompt, cache=cache).logits[:, -1]
         assert all(isinstance(layer, LinearAttentionStateLayer) for layer in cache.layers)
-        second = model(input_ids=first.argmax(-1, keepdim=True), past_key_values=cache).logits[:, -1]
+        second = model(input_ids=first.argmax(-1, keepdim=True), cache=cache).logits[:, -1]
         full = model(input_ids=torch.cat([prompt, first.argmax(-1, keepdim=True)], 1), use_cache=False).logits
         torch.testing.assert_close(second, full[:, -1], rtol=1e-5, atol=1e-5)
         beams = [model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=use_cache)
@@ -213,10 +214,10 @@ def test_unusable_caches_and_requests_raise():
     filled.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
     for cache in (filled, StaticCache(config=config, max_cache_len=16)):
         with pytest.raises(ValueError, match="fixed-size state"):
-            model(input_ids=ids, past_key_values=cache)
-    cache = model(input_ids=ids).past_key_values
+            model(input_ids=ids, cache=cache)
+    cache = returned_cache(model(input_ids=ids))
     with pytest.raises(ValueError, match="output_attentions=False"):
-        model(input_ids=ids[:, :1], past_key_values=cache, output_attentions=True)
+        model(input_ids=ids[:, :1], cache=cache, output_attentions=True)
     with pytest.raises(ValueError, match="rolled back"):
         cache.crop(-1)
     config.attention_backend = "flex"

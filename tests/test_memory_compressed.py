@@ -35,6 +35,7 @@ from hf_efficient.attention.memory_compressed import (
     memory_compressed_reference,
 )
 from hf_efficient.conversion import convert
+from hf_efficient.core.cache_argument import returned_cache
 from hf_efficient.models.memory_compressed import CompressedMemoryCache
 from hf_efficient.models.memory_compressed.modeling_memory_compressed import average_pooling_kernel
 
@@ -236,9 +237,9 @@ def test_cached_decoding_in_chunks_with_left_padding(identity):
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         step = model(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
-        logits, cache = [step.logits], step.past_key_values
+        logits, cache = [step.logits], returned_cache(step)
         for start, stop in ((5, 8), (8, 9), (9, 13)):
-            step = model(input_ids=ids[:, start:stop], attention_mask=mask[:, :stop], past_key_values=cache,
+            step = model(input_ids=ids[:, start:stop], attention_mask=mask[:, :stop], cache=cache,
                          use_cache=True)
             logits.append(step.logits)
             local, compressed = cache.layers[0], cache.layers[1]
@@ -254,14 +255,14 @@ def test_generate_refits_an_empty_dynamic_cache_and_refuses_others():
     ids = torch.randint(1, 61, (1, 7), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         cache = DynamicCache()
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
         assert cache.get_seq_length() == 7
         with pytest.raises(ValueError, match="can't be rolled back"):
             cache.crop(5)
         filled = DynamicCache()
         filled.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8), 0)
         with pytest.raises(ValueError, match="empty DynamicCache"):
-            model(input_ids=ids, past_key_values=filled, use_cache=True)
+            model(input_ids=ids, cache=filled, use_cache=True)
         config.attention_backend = "flex"
         with pytest.raises(ValueError, match="attention_backend='auto', 'blocked' or 'reference'"):
             model(input_ids=ids, use_cache=False)

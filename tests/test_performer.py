@@ -38,6 +38,7 @@ from hf_efficient.attention.favor import (
     softmax_features,
 )
 from hf_efficient.conversion import convert
+from hf_efficient.core.cache_argument import returned_cache
 from hf_efficient.models.performer import FavorCache, FavorStateLayer, redraw_features
 
 SMALL = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -264,11 +265,11 @@ def test_output_attentions_gives_the_implied_weights():
         assert weights.shape == (2, 2, 10, 10) and (weights.triu(1) == 0).all()
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
         # the reference path also leaves the state to continue from
-        step = model(input_ids=ids[:, -1:], past_key_values=out.past_key_values)
+        step = model(input_ids=ids[:, -1:], cache=returned_cache(out))
         full = model(input_ids=torch.cat([ids, ids[:, -1:]], 1), use_cache=False).logits[:, -1]
         torch.testing.assert_close(step.logits[:, 0], full, rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="use_cache=False"):
-            model(input_ids=ids[:, -1:], past_key_values=step.past_key_values, output_attentions=True)
+            model(input_ids=ids[:, -1:], cache=returned_cache(step), output_attentions=True)
 
 
 def decoder(style: str = "gpt2", **overrides) -> EfficientPerformerForCausalLM:
@@ -289,13 +290,13 @@ def test_decoding_state_has_constant_size(style):
     ids = torch.randint(1, 61, (2, 40))
     with torch.no_grad():
         out = model(input_ids=ids[:, :3], use_cache=True)
-        cache = out.past_key_values
+        cache = returned_cache(out)
         assert isinstance(cache, FavorCache) and cache.get_seq_length() == 3
         expected = config.num_hidden_layers * 2 * config.num_key_value_heads * (
             config.nb_features * config.head_dim + config.nb_features + 1)
         sizes = {cache_numel(cache)}
         for position in range(3, 40):
-            cache = model(input_ids=ids[:, position:position + 1], past_key_values=cache).past_key_values
+            cache = returned_cache(model(input_ids=ids[:, position:position + 1], cache=cache))
             sizes.add(cache_numel(cache))
         assert sizes == {expected} and cache.get_seq_length() == 40
 
@@ -307,9 +308,9 @@ def test_decoding_cost_does_not_grow_with_the_context():
     flops = []
     with torch.no_grad():
         for context in (4, 60):
-            cache = model(input_ids=ids[:, :context], use_cache=True).past_key_values
+            cache = returned_cache(model(input_ids=ids[:, :context], use_cache=True))
             with FlopCounterMode(display=False) as counter:
-                model(input_ids=ids[:, context:context + 1], past_key_values=cache)
+                model(input_ids=ids[:, context:context + 1], cache=cache)
             flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
 
@@ -334,11 +335,11 @@ def test_padded_batch_decodes_like_the_full_pass():
     mask[2, :7] = 0
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        cache = model(input_ids=ids[:, :9], attention_mask=mask[:, :9], use_cache=True).past_key_values
+        cache = returned_cache(model(input_ids=ids[:, :9], attention_mask=mask[:, :9], use_cache=True))
         for position in range(9, 16):
             step = model(input_ids=ids[:, position:position + 1], attention_mask=mask[:, :position + 1],
-                         past_key_values=cache)
-            cache = step.past_key_values
+                         cache=cache)
+            cache = returned_cache(step)
             torch.testing.assert_close(step.logits[:, 0], full[:, position], rtol=1e-5, atol=1e-5)
 
 
@@ -350,18 +351,18 @@ def test_generate_refits_an_empty_dynamic_cache_and_refuses_a_filled_one():
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[:, -1]
         kept = DynamicCache()
-        model(input_ids=ids[:, :5], past_key_values=kept)
+        model(input_ids=ids[:, :5], cache=kept)
         assert all(isinstance(layer, FavorStateLayer) for layer in kept.layers) and kept.get_seq_length() == 5
-        model(input_ids=ids[:, 5:7], past_key_values=kept)
-        torch.testing.assert_close(model(input_ids=ids[:, 7:], past_key_values=kept).logits[:, 0], full,
+        model(input_ids=ids[:, 5:7], cache=kept)
+        torch.testing.assert_close(model(input_ids=ids[:, 7:], cache=kept).logits[:, 0], full,
                                    rtol=1e-5, atol=1e-5)
         generated = model.generate(ids, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-        assert all(isinstance(layer, FavorStateLayer) for layer in generated.past_key_values.layers)
-        assert generated.past_key_values.get_seq_length() == 11
+        assert all(isinstance(layer, FavorStateLayer) for layer in returned_cache(generated).layers)
+        assert returned_cache(generated).get_seq_length() == 11
         filled = DynamicCache()
         filled.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8), 0)
         with pytest.raises(ValueError, match="FavorCache"):
-            model(input_ids=ids, past_key_values=filled)
+            model(input_ids=ids, cache=filled)
 
 
 def test_forward_never_redraws_and_redraw_is_explicit(tmp_path):

@@ -35,6 +35,7 @@ from hf_efficient.attention.factorized import (
     pattern_keep,
 )
 from hf_efficient.conversion import convert
+from hf_efficient.core.cache_argument import returned_cache
 from hf_efficient.models.sparse_transformer import VARIANT
 
 SMALL = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
@@ -215,10 +216,10 @@ def test_cached_decoding_equals_the_full_pass(pattern, combination):
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits
         step = model(input_ids=ids[:, :6], use_cache=True)
-        cache, logits = step.past_key_values, [step.logits]
+        cache, logits = returned_cache(step), [step.logits]
         for position in range(6, 17, 3):  # several new tokens per step
-            step = model(input_ids=ids[:, position : position + 3], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+            step = model(input_ids=ids[:, position : position + 3], cache=cache, use_cache=True)
+            cache = returned_cache(step)
             logits.append(step.logits)
     torch.testing.assert_close(torch.cat(logits, dim=1), full, rtol=1e-5, atol=1e-5)
 

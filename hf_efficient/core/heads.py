@@ -13,9 +13,13 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from .cache_argument import CACHE_FIELD, one_cache, returned_cache
 from .configuration import EfficientConfig
 from .layers import build_norm
-from .modeling import EfficientModel, EfficientPreTrainedModel
+from .modeling import EfficientModel, EfficientPreTrainedModel, refuse_unknown_kwargs
+
+# what Trainer passes to a loss that accepts it (gradient accumulation)
+LOSS_KWARGS = frozenset({"num_items_in_batch"})
 
 
 class EfficientHead(EfficientPreTrainedModel):
@@ -87,6 +91,7 @@ class EfficientForMaskedLM(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
@@ -123,7 +128,7 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         global_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -131,11 +136,14 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, global_attention_mask=global_attention_mask, past_key_values=past_key_values,
+            position_ids=position_ids, global_attention_mask=global_attention_mask,
+            cache=one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -147,7 +155,7 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+            loss=loss, logits=logits, **{CACHE_FIELD: returned_cache(out)}, hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
         return self.finish(result, return_dict)
@@ -198,6 +206,7 @@ class EfficientForSequenceClassification(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
@@ -242,6 +251,7 @@ class EfficientForTokenClassification(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> TokenClassifierOutput | tuple:
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
@@ -278,6 +288,7 @@ class EfficientForQuestionAnswering(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput | tuple:
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,

@@ -10,6 +10,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 from transformers.utils import logging
 
 from ..attention.full import FullAttention
+from .cache_argument import CACHE_FIELD, one_cache
 from .configuration import EfficientConfig
 from .embeddings import EfficientEmbeddings, EfficientRotaryEmbedding
 from .layers import EfficientBlock, EfficientRMSNorm, build_norm
@@ -17,6 +18,19 @@ from .masks import validate_global_mask, validate_keep_mask
 from .state_cache import StateCache, refit_state_cache
 
 logger = logging.get_logger(__name__)
+
+
+# arguments a forward may get and need not use: `generate()` of some transformers versions passes cache_position
+# (positions here come from the cache's length); callers pass use_cache=False to heads that never cache
+IGNORABLE_KWARGS = frozenset({"cache_position", "use_cache"})
+
+
+def refuse_unknown_kwargs(owner: nn.Module, kwargs: dict, accepted: frozenset = frozenset()) -> None:
+    """A forward's **kwargs take only what it uses: an argument it would silently drop (a renamed one, a typo)
+    raises instead."""
+    unknown = sorted(set(kwargs) - accepted - IGNORABLE_KWARGS)
+    if unknown:
+        raise TypeError(f"{type(owner).__name__}.forward got arguments it does not use: {unknown}.")
 
 
 class EfficientPreTrainedModel(PreTrainedModel):
@@ -88,14 +102,18 @@ class EfficientModel(EfficientPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         global_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+        """`cache` (or its pre-5.24 name `past_key_values`) is the decoding cache of causal models."""
+        refuse_unknown_kwargs(self, kwargs)
+        past_key_values = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         config = self.config
@@ -151,7 +169,7 @@ class EfficientModel(EfficientPreTrainedModel):
         output = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden,
             pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            past_key_values=past_key_values,
+            **{CACHE_FIELD: past_key_values},
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_weights) if output_attentions else None,
         )

@@ -4,7 +4,7 @@ common suite needs. The common suite runs over `hf_efficient.VARIANTS`; a varian
 import importlib
 import pkgutil
 
-from .base import STYLES, TINY, VariantTester
+from .base import STYLES, TINY, VariantTester, enable_activation_checkpointing
 
 TESTERS: dict[str, VariantTester] = {}
 for _module in pkgutil.iter_modules(__path__):
@@ -12,4 +12,4 @@ for _module in pkgutil.iter_modules(__path__):
         _tester = importlib.import_module(f"{__name__}.{_module.name}").TESTER
         TESTERS[_tester.model_type] = _tester
 
-__all__ = ["STYLES", "TESTERS", "TINY", "VariantTester"]
+__all__ = ["STYLES", "TESTERS", "TINY", "VariantTester", "enable_activation_checkpointing"]

@@ -64,3 +64,8 @@ class VariantTester:
         if input_ids.shape[0] > 1:
             mask[1, 3] = 1
         return mask
+
+
+def enable_activation_checkpointing(model) -> None:
+    """transformers 5.24 renamed gradient_checkpointing_enable (now deprecated) to activation_checkpointing_enable."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
