@@ -231,7 +231,7 @@ def compare_backends(model_type: str, backends: tuple[str, ...], device: str, **
         for backend in ("reference", *backends):
             model.config.attention_backend = backend
             model.zero_grad()
-            output = model(**inputs, labels=labels)
+            output = model(**inputs, labels=labels, return_logits=True)
             output.loss.backward()
             grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
             results[backend] = (output.logits.detach(), grads)

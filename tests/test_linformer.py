@@ -85,7 +85,7 @@ def test_fast_path_equals_reference_with_gradients(sharing, kv_heads):
     for backend in ("reference", "blocked"):
         config.attention_backend = backend
         model.zero_grad()
-        output = model(**inputs, labels=labels)
+        output = model(**inputs, labels=labels, return_logits=True)
         output.loss.backward()
         results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                                   if p.grad is not None}

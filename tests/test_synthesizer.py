@@ -148,7 +148,7 @@ def test_fast_path_equals_reference_with_gradients(kind, causal, kv_heads):
     for backend in ("reference", "blocked"):
         config.attention_backend = backend
         model.zero_grad()
-        output = model(**inputs, labels=labels)
+        output = model(**inputs, labels=labels, return_logits=True)
         output.loss.backward()
         results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
     real = inputs["attention_mask"].bool()

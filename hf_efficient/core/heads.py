@@ -16,10 +16,17 @@ from transformers.modeling_outputs import (
 from .cache_argument import CACHE_FIELD, one_cache, returned_cache
 from .configuration import EfficientConfig
 from .layers import build_norm
+from .lm_loss import chunked_head_loss, next_token_labels
 from .modeling import EfficientModel, EfficientPreTrainedModel, refuse_unknown_kwargs
 
 # what Trainer passes to a loss that accepts it (gradient accumulation)
 LOSS_KWARGS = frozenset({"num_items_in_batch"})
+
+
+def wants_logits(module: nn.Module, labels: torch.Tensor | None, return_logits: bool | None) -> bool:
+    """Language-model heads skip the (tokens x vocab) logits when training with labels (the loss is computed
+    chunk by chunk on the labelled positions, core/lm_loss.py), unless the caller asks with return_logits=True."""
+    return return_logits if return_logits is not None else not (module.training and labels is not None)
 
 
 class EfficientHead(EfficientPreTrainedModel):
@@ -89,18 +96,23 @@ class EfficientForMaskedLM(EfficientHead):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
+        """In training with `labels`, `logits` are None unless `return_logits=True` (see `wants_logits`)."""
         refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(out.last_hidden_state)
+        logits = self.lm_head(out.last_hidden_state) if wants_logits(self, labels, return_logits) else None
         loss = None
-        if labels is not None:
+        if labels is not None and logits is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        elif labels is not None:
+            hidden = out.last_hidden_state
+            loss = chunked_head_loss(self.lm_head, hidden, labels.to(hidden.device), **kwargs)
         result = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
         return self.finish(result, return_dict)
 
@@ -137,8 +149,10 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | None = None,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
+        """In training with `labels`, `logits` are None unless `return_logits=True` (see `wants_logits`)."""
         refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
         out = self.run_backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -150,10 +164,12 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(hidden) if wants_logits(self, labels, return_logits) else None
         loss = None
-        if labels is not None:
+        if labels is not None and logits is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        elif labels is not None:
+            loss = chunked_head_loss(self.lm_head, hidden, next_token_labels(labels.to(hidden.device)), **kwargs)
         result = CausalLMOutputWithPast(
             loss=loss, logits=logits, **{CACHE_FIELD: returned_cache(out)}, hidden_states=out.hidden_states,
             attentions=out.attentions,
