@@ -18,7 +18,7 @@ from transformers.utils import logging
 
 from ..auto import VARIANTS
 from ..core.variant import Variant
-from ..hub import make_hub_ready, upload_folder
+from ..hub import upload_folder
 from .evaluation import LossReport, language_model_losses
 from .families import ConversionError, SourceFamily, family_of
 from .model_card import write_model_card
@@ -357,8 +357,7 @@ def convert(
     if out_dir is not None:
         replace_output(out_dir)
         steps.set_postfix_str("saving")
-        make_hub_ready(result.model)  # auto_map + the remote-code files: loads with trust_remote_code=True
-        result.model.save_pretrained(out_dir)
+        result.model.save_pretrained(out_dir)  # Hub-ready: auto_map + the remote-code files (hf_efficient.hub)
         if tokenizer is not None:
             if max_length is not None:
                 tokenizer.model_max_length = max_length
