@@ -104,6 +104,16 @@ def test_a_late_failure_leaves_the_old_output_as_it_was(source, old_output, monk
     assert [path.name for path in old_output.parent.iterdir()] == ["long"]
 
 
+def test_a_failed_conversion_leaves_no_folder_it_made(source, tmp_path, monkeypatch):
+    def fail(out, result, repo_id=None, folder=None):
+        raise RuntimeError("a late failure")
+
+    monkeypatch.setattr(convert_module, "write_model_card", fail)
+    with pytest.raises(RuntimeError):
+        convert(str(source), "longformer", out=tmp_path / "new" / "deeper" / "long", **FAST)
+    assert not (tmp_path / "new").exists()
+
+
 # Runs in a subprocess: converts into an existing folder with --overwrite and stalls once the weights are written,
 # after saying where it writes, so that the test can kill it there.
 STALLING_CONVERSION = textwrap.dedent('''
@@ -204,6 +214,23 @@ def test_links_inside_the_source_are_copied_as_files(tmp_path):
     convert(str(source), "longformer", out=tmp_path / "out", **FAST)
     copied = tmp_path / "out" / "1_Pooling" / "same.json"
     assert not copied.is_symlink() and copied.read_text() == (source / "1_Pooling" / "config.json").read_text()
+
+
+def test_a_hub_cache_snapshot_folder_is_read_through_its_links(tmp_path):
+    """A snapshot folder of the Hugging Face cache is links into the repo's blobs: those links are followed."""
+    repo = tmp_path / "models--someone--tiny-bert"
+    save_sentence_transformers_source(tmp_path / "saved")
+    snapshot_folder = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    for index, path in enumerate(sorted(p for p in (tmp_path / "saved").rglob("*") if p.is_file())):
+        blob = repo / "blobs" / f"blob{index}"
+        path.rename(blob)
+        link = snapshot_folder / path.relative_to(tmp_path / "saved")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    convert(str(snapshot_folder), "longformer", out=tmp_path / "out", **FAST)
+    pooling = tmp_path / "out" / "1_Pooling" / "config.json"
+    assert not pooling.is_symlink() and json.loads(pooling.read_text()) == {"pooling_mode_mean_tokens": True}
 
 
 @pytest.fixture
