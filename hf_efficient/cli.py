@@ -8,8 +8,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .auto import VARIANTS
 from .conversion.convert import ConversionError, convert
 from .conversion.positions import POSITION_METHODS
+from .conversion.target import resolve_target, settable_fields
 
 
 def parse_value(text: str):
@@ -26,7 +28,8 @@ def add_convert(subparsers) -> None:
                         help="folder or Hub id of the source, or packaged:minilm / packaged:smollm2 "
                         "(default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--to", dest="target", default="longformer", help="target variant, e.g. longformer")
-    parser.add_argument("--max-length", type=int, default=4096, help="positions of the converted model")
+    parser.add_argument("--max-length", type=int, default=4096,
+                        help="positions of the converted model, at least the source's (default: 4096)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--head", default=None,
                         help="task head: model, masked_lm, causal_lm, sequence_classification, ... "
@@ -52,11 +55,27 @@ def add_convert(subparsers) -> None:
     parser.set_defaults(run=run_convert)
 
 
-def run_convert(args) -> int:
-    options = dict(item.split("=", 1) for item in args.set)
-    options = {key: parse_value(value) for key, value in options.items()}
+def convert_options(args) -> dict:
+    """The target's config knobs from `--set KEY=VALUE` and `--attention-window` (keys checked by convert)."""
+    options = {}
+    for item in args.set:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ConversionError(f"--set {item!r} is not KEY=VALUE: give a config field and its value, e.g. "
+                                  "--set attention_dilation=2.")
+        options[key] = parse_value(value)
     if args.attention_window is not None:
+        if "attention_window" not in settable_fields(resolve_target(args.target).config):
+            windowed = sorted(t.removeprefix("efficient_") for t, v in VARIANTS.items()
+                              if "attention_window" in settable_fields(v.config))
+            raise ConversionError(f"--attention-window is a knob of {windowed}; {args.target} has no window. "
+                                  "Set its own knobs with --set KEY=VALUE.")
         options["attention_window"] = args.attention_window
+    return options
+
+
+def run_convert(args) -> int:
+    options = convert_options(args)
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
         position_init=args.position_init, rope_scaling=args.rope_scaling, overwrite=args.overwrite,
@@ -215,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except ConversionError as error:  # expected: the message says what to change (one line, no traceback)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

@@ -1,12 +1,14 @@
 """Hub-ready checkpoint folders: loading with `trust_remote_code=True` without `import hf_efficient`, and uploads.
 
-A Hub-ready config carries an `auto_map` (AutoConfig, AutoModel and one AutoModelFor* per head of the variant)
-naming two small files saved next to the weights, configuration_efficient.py and modeling_efficient.py. They import
-the installed hf-efficient package and define one-line subclasses of its classes. Subclasses, not re-exports:
-transformers marks a class loaded as remote code with `register_for_auto_class` and, when saving, copies the file
-that defines it; a re-exported package class would get marked for the whole process, and its own file (relative
-imports into the package) would be copied. `EfficientConfig.save_pretrained` writes the two files whenever its
-`auto_map` names them, so later saves (fine-tuning checkpoints, `push_to_hub`) stay Hub-ready.
+Every save of a package model is Hub-ready: `EfficientConfig.save_pretrained` sets the config's `auto_map`
+(AutoConfig, AutoModel and one AutoModelFor* per head the config can build) and writes the two small files it names,
+configuration_efficient.py and modeling_efficient.py, next to the weights. Both come from this module's templates and
+the package's own class names only: an `auto_map` a config arrives with is replaced, never copied into code. The
+files import the installed hf-efficient package and define one-line subclasses of its classes. Subclasses, not
+re-exports: transformers marks a class loaded as remote code with `register_for_auto_class` and, when saving, copies
+the file that defines it; a re-exported package class would get marked for the whole process, and its own file
+(relative imports into the package) would be copied. The templates are written after transformers' copies, so a save
+of a model loaded as remote code writes the package's text too.
 """
 
 from pathlib import Path
@@ -59,40 +61,37 @@ class {name}(package_class("{name}")):
 '''
 
 
-def remote_code_auto_map(variant) -> dict[str, str]:
-    """The `auto_map` for a variant: AutoConfig, AutoModel and one AutoModelFor* per head it supports."""
-    from .auto import AUTO_HEADS
+def buildable_heads(config) -> dict[str, type]:
+    """The variant's heads this config can build: a causal model has no masked-LM head, an encoder no causal-LM head."""
+    from .auto import VARIANTS
 
+    refused = "masked_lm" if config.is_causal else "causal_lm"
+    return {head: cls for head, cls in VARIANTS[config.model_type].heads.items() if head != refused}
+
+
+def remote_code_auto_map(config) -> dict[str, str]:
+    """The `auto_map` of a config: AutoConfig, AutoModel and one AutoModelFor* per head it can build, each naming a
+    class of the package (by its registry, never by anything the config carries)."""
+    from .auto import AUTO_HEADS, VARIANTS
+
+    variant = VARIANTS[config.model_type]
     auto_map = {
         "AutoConfig": f"{CONFIG_MODULE}.{variant.config.__name__}",
         "AutoModel": f"{MODELING_MODULE}.{variant.model.__name__}",
     }
-    for head, model_class in variant.heads.items():
+    for head, model_class in buildable_heads(config).items():
         auto_map[AUTO_HEADS[head].__name__] = f"{MODELING_MODULE}.{model_class.__name__}"
     return auto_map
 
 
-def make_hub_ready(model) -> None:
-    """Give the model's config the remote-code `auto_map`; its saves then write the two files as well."""
+def write_remote_code(folder: str | Path, config) -> list[Path]:
+    """Write configuration_efficient.py and modeling_efficient.py for the classes of `remote_code_auto_map(config)`,
+    from the templates above."""
     from .auto import VARIANTS
 
-    model.config.auto_map = remote_code_auto_map(VARIANTS[model.config.model_type])
-
-
-def write_remote_code(folder: str | Path, auto_map: dict | None) -> list[Path]:
-    """Write configuration_efficient.py and modeling_efficient.py for the classes `auto_map` names.
-
-    Does nothing (returns []) when `auto_map` names neither file: a config without one, or another library's.
-    """
-    classes = {module: [] for module in (CONFIG_MODULE, MODELING_MODULE)}
-    for reference in sorted(value for value in (auto_map or {}).values() if isinstance(value, str)):
-        if "--" not in reference:  # "repo--module.Class": code kept in another repo
-            module, _, name = reference.partition(".")
-            if module in classes and name not in classes[module]:
-                classes[module].append(name)
-    if not classes[CONFIG_MODULE]:
-        return []
-    (config_name,) = classes[CONFIG_MODULE]
+    variant = VARIANTS[config.model_type]
+    config_name = variant.config.__name__
+    model_names = [variant.model.__name__, *(cls.__name__ for cls in buildable_heads(config).values())]
     package_import = _PACKAGE_IMPORT.format(install=INSTALL)
     config_source = _HEADER.format(install=INSTALL, auto_class="AutoConfig") + package_import + _CLASS.format(
         name=config_name
@@ -100,7 +99,7 @@ def write_remote_code(folder: str | Path, auto_map: dict | None) -> list[Path]:
     modeling_source = (
         _HEADER.format(install=INSTALL, auto_class="AutoModel")
         + f"\nfrom .{CONFIG_MODULE} import {config_name}, package_class\n"
-        + "".join(_MODEL_CLASS.format(name=name, config_name=config_name) for name in classes[MODELING_MODULE])
+        + "".join(_MODEL_CLASS.format(name=name, config_name=config_name) for name in sorted(model_names))
     )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

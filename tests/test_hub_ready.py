@@ -25,7 +25,14 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 from test_conversion import save_tiny_bert
 from testers import TESTERS
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 import hf_efficient
 from hf_efficient.auto import AUTO_HEADS, VARIANTS
@@ -159,15 +166,49 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def test_config_names_remote_code_for_every_head_of_the_variant(folders):
+def heads_for_direction(variant, causal: bool) -> dict[str, type]:
+    """The heads a config of this direction builds: no masked-LM head on a causal model, no causal-LM head on an
+    encoder."""
+    return {head: cls for head, cls in variant.heads.items() if head != ("masked_lm" if causal else "causal_lm")}
+
+
+def test_config_names_remote_code_for_every_head_it_can_build(folders):
     for key, (folder, _) in folders.items():
         config = json.loads((folder / "config.json").read_text())
         variant = VARIANTS[config["model_type"]]
         expected = {"AutoConfig": f"{CONFIG_MODULE}.{variant.config.__name__}",
                     "AutoModel": f"{MODELING_MODULE}.{variant.model.__name__}"}
-        expected |= {AUTO_NAMES[head]: f"{MODELING_MODULE}.{cls.__name__}" for head, cls in variant.heads.items()}
+        expected |= {AUTO_NAMES[head]: f"{MODELING_MODULE}.{cls.__name__}"
+                     for head, cls in heads_for_direction(variant, config["is_causal"]).items()}
         assert config["auto_map"] == expected, key
         assert {path.name for path in folder.iterdir()} >= CODE_FILES, key
+
+
+@pytest.mark.parametrize("model_type", sorted(VARIANTS))
+def test_auto_map_lists_exactly_the_heads_the_config_can_build(model_type, tmp_path):
+    """Per direction the variant has: a head is in the saved auto_map (and its remote-code file) if and only if it
+    builds from the config (a causal model has no masked-LM head, an encoder no causal-LM head)."""
+    variant, directions = VARIANTS[model_type], []
+    for style in ("bert", "gpt2"):
+        try:
+            config = TESTERS[model_type].config(style)
+            variant.model(config)
+        except ValueError:  # the mechanism doesn't run in this direction (Linformer, BigBird are encoders only)
+            assert style == "gpt2" and not variant.model.attention_class.supports_causal
+            continue
+        directions.append(style)
+        config.save_pretrained(tmp_path / style)
+        auto_map = json.loads((tmp_path / style / "config.json").read_text())["auto_map"]
+        code = (tmp_path / style / f"{MODELING_MODULE}.py").read_text()
+        for head, head_class in variant.heads.items():
+            try:
+                head_class(config)
+                builds = True
+            except ValueError:
+                builds = False
+            assert (AUTO_NAMES[head] in auto_map) == builds, (style, head)
+            assert (f"class {head_class.__name__}(" in code) == builds, (style, head)
+    assert "bert" in directions, "every variant has an encoder"
 
 
 @pytest.mark.parametrize("head", ["masked_lm", *BERT_HEADS, "causal_lm"])
@@ -204,7 +245,8 @@ def test_every_variant_loads_as_remote_code(folders, fresh, model_type):
     variant = VARIANTS[model_type]
     key = "longformer-model" if model_type == "efficient_longformer" else model_type.removeprefix("efficient_")
     names = {"AutoConfig": variant.config, "AutoModel": variant.model}
-    names |= {AUTO_NAMES[head]: cls for head, cls in variant.heads.items()}
+    names |= {AUTO_NAMES[head]: cls for head, cls in heads_for_direction(variant, causal=False).items()}
+    assert set(names) == set(json.loads((folders[key][0] / "config.json").read_text())["auto_map"])
     for auto_name, package_class in names.items():
         remote_class, base = report["classes"][f"{key}/{auto_name}"]
         assert remote_class.startswith("transformers_modules.") and remote_class.endswith(f":{package_class.__name__}")
@@ -246,11 +288,51 @@ def test_a_converted_model_saved_again_in_process_stays_hub_ready(folders, tmp_p
     assert "auto_map" in json.loads((tmp_path / "config.json").read_text())
 
 
-def test_a_model_built_from_a_config_saves_no_remote_code(tmp_path):
-    config = TESTERS["efficient_longformer"].config("bert")
-    hf_efficient.EfficientLongformerModel(config).save_pretrained(tmp_path)
-    assert not CODE_FILES & {path.name for path in tmp_path.iterdir()}
-    assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
+def foreign_auto_map(marker: Path) -> dict:
+    """An auto_map a config might arrive with: a class name carrying code, a module beside the weights that the package
+    doesn't write (evil.py, which creates `marker` when imported), and code kept in another repo."""
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    return {"AutoConfig": f"{CONFIG_MODULE}.EfficientLongformerConfig",
+            "AutoModel": f"{MODELING_MODULE}.Evil({touch} or package_class",
+            "AutoModelForMaskedLM": "evil.EvilForMaskedLM",
+            "AutoModelForSequenceClassification": "someone/else--modeling.Evil"}
+
+
+def test_every_save_is_hub_ready_with_only_the_package_code(tmp_path):
+    """Saves of models never converted load with trust_remote_code=True in a fresh process that doesn't import
+    hf_efficient: one built with from_config, and one whose config arrived with a foreign auto_map, saved back into the
+    folder it came from (evil.py beside it): the auto_map is replaced, not merged, its text never reaches the code
+    files, and its code never runs."""
+    marker = tmp_path / "foreign-code-ran"
+    AutoModelForCausalLM.from_config(TESTERS["efficient_longformer"].config("gpt2")).save_pretrained(
+        tmp_path / "from_config")
+    foreign = TESTERS["efficient_longformer"].config("bert")
+    foreign.auto_map = foreign_auto_map(marker)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n\n\nclass EvilForMaskedLM:\n    pass\n")
+    AutoModelForMaskedLM.from_config(foreign).save_pretrained(tmp_path / "foreign")
+    hf_efficient.EfficientLongformerForMaskedLM(TESTERS["efficient_longformer"].config("bert")).save_pretrained(
+        tmp_path / "clean")
+    for file in CODE_FILES:
+        text = (tmp_path / "foreign" / file).read_text()
+        assert text == (tmp_path / "clean" / file).read_text() and "pathlib" not in text
+    saved = json.loads((tmp_path / "foreign" / "config.json").read_text())["auto_map"]
+    assert saved == json.loads((tmp_path / "clean" / "config.json").read_text())["auto_map"]
+    assert {"evil.EvilForMaskedLM", "someone/else--modeling.Evil"}.isdisjoint(saved.values())
+
+    cases = [("from_config", tmp_path / "from_config", "AutoModelForCausalLM"),
+             ("foreign", tmp_path / "foreign", "AutoModelForMaskedLM")]
+    process = run_fresh(tmp_path, "saved", cases)
+    stdout, stderr = process.communicate(timeout=600)
+    assert not marker.exists(), "the foreign auto_map's code ran"
+    assert process.returncode == 0, f"the fresh process failed:\n{stdout}\n{stderr[-4000:]}"
+    outputs, report = load_file(tmp_path / "saved.safetensors"), json.loads((tmp_path / "saved.json").read_text())
+    assert not report["hf_efficient_imported_before"]
+    assert report["first_class"].endswith(f".{MODELING_MODULE}:EfficientLongformerForCausalLM")
+    assert report["first_class"].startswith("transformers_modules.")
+    for key, folder, auto_name in cases:
+        assert max_diff(outputs[key], in_process_output(folder, auto_name)) <= 1e-6, key
 
 
 def test_remote_code_without_the_package_says_how_to_install_it(folders, monkeypatch):

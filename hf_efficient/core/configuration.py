@@ -103,12 +103,15 @@ class EfficientConfig(PreTrainedConfig):
         self.validate_mechanism()
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
-        """Also writes the remote-code files a Hub-ready `auto_map` names (hf_efficient.hub), so that every save of
-        a converted model, fine-tuning checkpoints and `push_to_hub` included, loads with `trust_remote_code=True`."""
-        from ..hub import write_remote_code
+        """Every save is Hub-ready (hf_efficient.hub): the package's own `auto_map` replaces any the config carries,
+        and the two remote-code files are written from the package's templates (after transformers' copies), so
+        that every saved model, fine-tuning checkpoints and `push_to_hub` included, loads with
+        `trust_remote_code=True`."""
+        from ..hub import remote_code_auto_map, write_remote_code
 
-        write_remote_code(save_directory, getattr(self, "auto_map", None))
+        self.auto_map = remote_code_auto_map(self)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_remote_code(save_directory, self)
 
     def validate_mechanism(self) -> None:
         """Normalise and check the variant's own knobs (expand per-layer ints, raise ValueErrors saying what to

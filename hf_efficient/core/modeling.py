@@ -45,6 +45,14 @@ class EfficientPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # our masks are arbitrary boolean patterns
     _supports_flex_attn = False  # FlexAttention is used inside the mechanisms, chosen per device
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' `from_pretrained`, reading safetensors only unless told otherwise: `use_safetensors`
+        defaults to True, so a folder holding only a pickled `pytorch_model.bin` is refused, never unpickled."""
+        if kwargs.get("use_safetensors") is None:
+            kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, EfficientRMSNorm):
