@@ -23,14 +23,23 @@ of those, else blocked (also the GPU path) against the naive reference.
     python benchmarks/train_step.py --models ours --out DIR                     # ours only (one device call)
     python benchmarks/train_step.py --models anchors,peers --append --out DIR   # the rest, added to DIR's CSV
     python benchmarks/train_step.py --device cpu --tiny --out /tmp/smoke        # CPU smoke test of every path
+    python benchmarks/train_step.py --models longformer,bert_sdpa,hf_longformer --sizes base --batch 4 \
+        --global-first-token --loss model --lengths 4k,16k --out DIR             # longformer-base-4096's shape
+
+`--loss model` gives each model its labels and takes its own head's loss (what Trainer does; our heads then skip
+the whole logits, core/lm_loss.py); peers without a masked-LM head keep the script's cross-entropy.
+`--global-first-token` makes the first token global where the model has global attention (ours, transformers'
+Longformer).
 """
 
 import argparse
 import csv
+import dataclasses
 import gc
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import math
 import platform
 import statistics
@@ -52,9 +61,9 @@ MASKED_FRACTION = 0.15
 CSV_NAME, REPORT_NAME = "train_step.csv", "train_step.md"
 DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 TINY_LENGTHS = [256, 512]
-FIELDS = ["model", "group", "label", "length", "status", "tokens_per_s", "step_ms", "peak_gib", "first_call_s",
-          "warmup", "repeats", "backend", "check", "message", "layers", "dtype", "device_name", "torch",
-          "transformers"]
+FIELDS = ["model", "group", "label", "length", "batch", "sizes", "loss", "status", "tokens_per_s", "step_ms",
+          "peak_gib", "first_call_s", "warmup", "repeats", "backend", "check", "message", "layers", "dtype",
+          "device_name", "torch", "transformers"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,9 @@ class Sizes:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
+
+
+SIZES = {"minilm": Sizes(), "base": Sizes(hidden=768, heads=12, intermediate=3072, layers=12)}
 
 
 @dataclass(frozen=True)
@@ -389,22 +401,52 @@ PEER_PACKAGES = ["performer-pytorch", "linformer", "pytorch-fast-transformers", 
 # ---------------------------------------------------------------- one step, one case
 
 
-def make_batch(length: int, vocab: int, device: torch.device) -> dict:
-    """Random ids (no special ids) and labels on a random 15% of them (-100 elsewhere)."""
+def make_batch(length: int, vocab: int, device: torch.device, batch: int = 1, global_first: bool = False) -> dict:
+    """Random ids (no special ids) and labels on a random 15% of them (-100 elsewhere); with `global_first`, a
+    global-attention mask on the first token of each row."""
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, vocab, (1, length), generator=generator)
-    labels = input_ids.masked_fill(torch.rand(1, length, generator=generator) >= MASKED_FRACTION, -100)
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
+    input_ids = torch.randint(5, vocab, (batch, length), generator=generator)
+    labels = input_ids.masked_fill(torch.rand(batch, length, generator=generator) >= MASKED_FRACTION, -100)
+    result = {"input_ids": input_ids.to(device), "labels": labels.to(device)}
+    if global_first:
+        result["global_attention_mask"] = torch.zeros_like(result["input_ids"]).index_fill_(1, torch.tensor([0],
+                                                                                            device=device), 1)
+    return result
 
 
-def masked_lm_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    output = model(input_ids) if not isinstance(model, transformers.PreTrainedModel) else model(input_ids=input_ids)
+def takes_global_tokens(model: nn.Module) -> bool:
+    """Whether the model has global attention (ours with a global-token mechanism, transformers' Longformer)."""
+    if not isinstance(model, transformers.PreTrainedModel):
+        return False
+    if "global_attention_mask" not in inspect.signature(model.forward).parameters:
+        return False
+    attention = getattr(type(model.base_model), "attention_class", None)
+    return attention is None or attention.supports_global_attention
+
+
+def model_inputs(model: nn.Module, batch: dict, with_labels: bool) -> dict:
+    inputs = {"input_ids": batch["input_ids"]}
+    if "global_attention_mask" in batch and takes_global_tokens(model):
+        inputs["global_attention_mask"] = batch["global_attention_mask"]
+    if with_labels:
+        inputs["labels"] = batch["labels"]
+    return inputs
+
+
+def masked_lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    if not isinstance(model, transformers.PreTrainedModel):
+        return model(batch["input_ids"])
+    output = model(**model_inputs(model, batch, with_labels=False))
     return output.logits if hasattr(output, "logits") else output
 
 
-def masked_lm_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same loss for every model (not each head's own): cross-entropy over the labelled 15%, in the run dtype."""
-    logits = masked_lm_logits(model, batch["input_ids"])
+def masked_lm_loss(model: nn.Module, batch: dict, own_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy over the labelled 15%: the script's, the same for every model (logits in the run dtype), or
+    with `own_loss` the model head's own (labels given to the model; logits None where the head skips them)."""
+    if own_loss and isinstance(model, transformers.PreTrainedModel):
+        output = model(**model_inputs(model, batch, with_labels=True))
+        return output.loss, output.logits
+    logits = masked_lm_logits(model, batch)
     loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
     return loss, logits
 
@@ -441,7 +483,7 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     with torch.no_grad():
         for backend in (fast, other):
             model.config.attention_backend = backend
-            logits = masked_lm_loss(model, batch)[1].float()  # the loss again in fp32, off these logits
+            logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
             results[backend] = (loss, logits)
     model.config.attention_backend = "auto"
@@ -458,11 +500,11 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
     device = setup.device
     torch.manual_seed(0)
     model = spec.build(length, setup).to(device, setup.dtype).train()
-    batch = make_batch(length, setup.sizes.vocab, device)
+    batch = make_batch(length, setup.sizes.vocab, device, args.batch, args.global_first_token)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
-        masked_lm_loss(model, batch)[0].backward()
+        masked_lm_loss(model, batch, own_loss=args.loss == "model")[0].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -485,7 +527,8 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
         torch.cuda.reset_peak_memory_stats()  # after warm-up: weights, optimizer state and one step's activations
     median = statistics.median(timed_call(step, device) for _ in range(repeats))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
-    return record | {"status": "ok", "step_ms": 1000 * median, "tokens_per_s": length / median, "peak_gib": peak,
+    return record | {"status": "ok", "step_ms": 1000 * median, "tokens_per_s": args.batch * length / median,
+                     "peak_gib": peak,
                      "warmup": args.warmup, "repeats": repeats}
 
 
@@ -535,7 +578,8 @@ def run_model(spec: ModelSpec, lengths: list[int], setup: Setup, args, run_deadl
     unavailable = spec.unavailable(setup)
     spent, last_steady, last_first, skip_reason = 0.0, 0.0, 0.0, None
     for length in lengths:
-        record = {"model": spec.name, "group": spec.group, "label": spec.label(setup.knobs), "length": length}
+        record = {"model": spec.name, "group": spec.group, "label": spec.label(setup.knobs), "length": length,
+                  "batch": args.batch, "sizes": args.sizes, "loss": args.loss}
         projected = last_first + 2 * last_steady  # the next length: compile again, steps up to twice as long
         if unavailable:
             status, _, reason = unavailable.partition(": ")
@@ -614,6 +658,11 @@ def markdown_report(rows: list[dict], versions: str) -> str:
         f"| {labels[m]} | " + " | ".join(
             f"{float(latest[m, n]['first_call_s']):.1f}" if latest.get((m, n), {}).get("first_call_s") else "-"
             for n in lengths) + " |" for m in models]
+    shapes = sorted({f"batch {row.get('batch') or 1}, {row.get('sizes') or 'minilm'} sizes" for row in rows})
+    shape = "; ".join(shapes) + " (minilm: hidden 384, 12 heads, intermediate 1536; base: 768, 12, 3072; vocab 30522)"
+    losses = {row.get("loss") or "harness" for row in rows}
+    loss = "; ".join(sorted({"harness": "the same cross-entropy for every model, computed by the script",
+                             "model": "each model head's own loss from its labels"}[name] for name in losses))
     environments = sorted({f"{row['device_name']}; torch {row['torch']}; transformers {row['transformers']}; "
                            f"{row['dtype']} weights; {row['layers']} layers" for row in rows})
     checks = [f"- {labels[row['model']]} at {length_label(int(row['length']))}, backend {row['backend']}: "
@@ -628,9 +677,8 @@ def markdown_report(rows: list[dict], versions: str) -> str:
         "# Train step: tokens/s and peak GPU memory", "",
         *[f"- environment: {line}" for line in environments],
         f"- peers installed: {versions}",
-        "- one masked-LM train step, batch 1, MiniLM sizes (hidden 384, 12 heads, intermediate 1536, vocab 30522), "
-        "dropout 0, weights cast to the dtype (no autocast); the same cross-entropy for every model (computed by the "
-        f"script on a random {MASKED_FRACTION:.0%} of tokens), backward, AdamW step",
+        f"- one masked-LM train step, {shape}, dropout 0, weights cast to the dtype (no autocast); loss: {loss} on a "
+        f"random {MASKED_FRACTION:.0%} of tokens, backward, AdamW step",
         "- tokens/s = N / median step time (CUDA events, after warm-up); GiB = torch.cuda.max_memory_allocated over "
         "the timed steps (weights, AdamW state, one step's activations); first call timed apart (below)",
         "", "## tokens/s / peak GiB", "", *table, "",
@@ -682,7 +730,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 2 layers, 256/512 tokens, scaled-down knobs")
-    parser.add_argument("--layers", type=int, help="layers of every model (6; --tiny 2)")
+    parser.add_argument("--layers", type=int, help="layers of every model (the sizes' own; --tiny 2)")
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="minilm",
+                        help="minilm: 6 x 384, 12 heads; base: 12 x 768, 12 heads (BERT-base, longformer-base)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per step (tokens/s counts all of them)")
+    parser.add_argument("--global-first-token", action="store_true",
+                        help="the first token of each row global, where the model has global attention")
+    parser.add_argument("--loss", choices=["harness", "model"], default="harness",
+                        help="harness: the script's cross-entropy on full logits; model: each head's own loss")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps (halved above 8192 tokens)")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed steps at least, whatever --case-seconds")
     parser.add_argument("--case-seconds", type=float, default=5.0, help="cap on the timed steps' total time")
@@ -700,7 +755,8 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
     args.warmup = args.warmup or (3 if on_gpu else 1)
-    sizes = Sizes(layers=args.layers or (2 if args.tiny else 6))
+    base_sizes = SIZES[args.sizes]
+    sizes = dataclasses.replace(base_sizes, layers=args.layers or (2 if args.tiny else base_sizes.layers))
     setup = Setup(device, dtype, sizes, TINY_KNOBS if args.tiny else PAPER_KNOBS)
     lengths = parse_lengths(args.lengths) if args.lengths else (TINY_LENGTHS if args.tiny else DEFAULT_LENGTHS)
     models = parse_models(args.models)
