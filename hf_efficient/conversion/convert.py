@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers.utils import logging
 
 from ..auto import VARIANTS
+from ..core.masks import padding_side
 from ..core.variant import Variant
 from ..hub import make_hub_ready, upload_folder
 from .evaluation import LossReport, language_model_losses
@@ -362,6 +363,8 @@ def convert(
         if tokenizer is not None:
             if max_length is not None:
                 tokenizer.model_max_length = max_length
+            # the side the target's attention supports; save_pretrained writes init_kwargs (not the attribute)
+            tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = padding_side(result.model)
             tokenizer.save_pretrained(out_dir)
         copy_sentence_transformers_files(source, out_dir, result.model.config.max_position_embeddings)
         write_model_card(out_dir, result, repo_id=push_to_hub)
