@@ -115,27 +115,23 @@ def test_left_padded_cached_decoding_is_exact_or_refused(model_type, settings):
                                                atol=1e-5, msg=f"{style}, row {b}, new token {step}")
 
 
-@pytest.mark.parametrize("target", ["synthesizer", "memory_compressed", "sparse_transformer"])
-def test_convert_writes_the_padding_side_the_target_decodes(target, tmp_path):
-    source = tmp_path / "gpt2"
-    write_bert_tokenizer(source)  # any tokenizer: convert copies it
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.padding_side = "left" if not VARIANTS[f"efficient_{target}"].model.attention_class.supports_left_padding \
-        else "right"  # the opposite of what the target needs, so the test sees it changed
-    tokenizer.save_pretrained(source)
-    make_tiny_source(CAUSAL_SOURCES[0]).save_pretrained(source)
-    convert(str(source), target, out=tmp_path / "out", max_length=256, check=False)
-    expected = "left" if VARIANTS[f"efficient_{target}"].model.attention_class.supports_left_padding else "right"
+def save_source(folder, kind: str, padding_side: str) -> str:
+    """A tiny `kind` source with a tokenizer that pads on `padding_side` (any tokenizer: convert copies it)."""
+    write_bert_tokenizer(folder)
+    AutoTokenizer.from_pretrained(folder, padding_side=padding_side).save_pretrained(folder)
+    make_tiny_source(kind).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(("kind", "target"), [
+    *((CAUSAL_SOURCES[0], target) for target in ("synthesizer", "memory_compressed", "sparse_transformer")),
+    *(("bert", target) for target in ("bigbird", "linformer", "synthesizer")),
+])
+def test_convert_writes_the_padding_side_the_target_supports(kind, target, tmp_path):
+    """Left for a decoder whose attention decodes left-padded batches (generate()), right otherwise (encoders too);
+    the source's tokenizer pads on the other side, so the test sees convert set it."""
+    attention = VARIANTS[f"efficient_{target}"].model.attention_class
+    expected = "left" if kind != "bert" and attention.supports_left_padding else "right"
+    source = save_source(tmp_path / kind, kind, padding_side="right" if expected == "left" else "left")
+    convert(source, target, out=tmp_path / "out", max_length=256, check=False)
     assert AutoTokenizer.from_pretrained(tmp_path / "out").padding_side == expected
-
-
-@pytest.mark.parametrize("target", ["bigbird", "linformer", "synthesizer"])
-def test_convert_writes_right_padding_for_encoders(target, tmp_path):
-    source = tmp_path / "bert"
-    write_bert_tokenizer(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(source)
-    make_tiny_source("bert").save_pretrained(source)
-    convert(str(source), target, out=tmp_path / "out", max_length=256, check=False)
-    assert AutoTokenizer.from_pretrained(tmp_path / "out").padding_side == "right"
