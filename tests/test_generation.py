@@ -58,7 +58,7 @@ def test_batched_left_padded_generation_equals_each_prompt_alone(model_type, sty
     mask[1, :4] = 0
     settings = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
     with torch.no_grad():
-        if not getattr(model.model.attention_class, "supports_left_padding", True):
+        if not model.model.attention_class.supports_left_padding:
             with pytest.raises(ValueError, match="left"):
                 model.generate(padded, attention_mask=mask, **settings)
             return

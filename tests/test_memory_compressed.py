@@ -222,8 +222,9 @@ def test_blocked_paths_equal_the_reference_at_any_length(kind, causal, factor):
 
 
 @pytest.mark.parametrize("identity", [False, True])
-def test_cached_decoding_in_chunks_with_left_padding(identity):
-    """Prefix of 5, then chunks of 3, 1 and 4 tokens, left padding on one row: logits equal the full pass; the cache
+def test_cached_decoding_in_chunks_with_padding_in_the_cache(identity):
+    """Prefix of 5, then chunks of 3, 1 and 4 tokens, a right-padded prompt on one row (padding inside the cache; left
+    padding is refused in decoding, tests/test_left_padding.py): logits equal the full pass; the cache
     holds < b raw keys per local layer, and floor(seen / c) slots + < c raw keys per compressed layer (a slot
     appears when its group completes, not before)."""
     config = small_config(is_causal=True, num_hidden_layers=3, compression_init="random",
@@ -232,7 +233,7 @@ def test_cached_decoding_in_chunks_with_left_padding(identity):
     model = EfficientMemoryCompressedForCausalLM(config).eval()
     ids = torch.randint(1, 61, (2, 13), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(ids)
-    mask[1, :4] = 0
+    mask[1, 2:5] = 0
     factor = 1 if identity else 3
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, use_cache=False).logits

@@ -8,7 +8,8 @@ L <= n tokens uses their first L columns:
     out = softmax(Q (E[:, :L] K)^T / sqrt(d)) (F[:, :L] V)                           Q, K, V: (L, d)
 
 Padded keys and values are zeroed before the projection, so padding adds nothing to any projected row and a padded
-input gives its real tokens exactly the outputs of the unpadded one. Every projected row takes part in the softmax
+input gives its real tokens exactly the outputs of the unpadded one (a left-padded row is first rotated to the
+right-padded layout by the model, `core.masks.right_alignment`). Every projected row takes part in the softmax
 (there is nothing to mask after the projection). Two paths compute the same function:
 
 * `low_rank_reference`: explicit per-head projection matrices with the padding columns masked out, then a

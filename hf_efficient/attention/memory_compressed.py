@@ -16,7 +16,8 @@ out of reach in a compressed layer (its local layers carry it); we let each quer
 keys and itself instead, so no row is empty (the first group has no complete slot) and c = 1 is exact causal
 attention. Padding: padded keys and values are zeroed before the convolution, slots made only of padding are masked,
 a padding query keeps its own key (never an empty row). Slot boundaries are positions, so right padding leaves the
-real tokens' slots unchanged.
+real tokens' slots unchanged (the model rotates a left-padded row to the right-padded layout first,
+`core.masks.right_alignment`).
 
 Three paths compute the same function:
 

@@ -17,7 +17,9 @@ With n the fixed maximum length, an input of N <= n tokens, and per head h (d_h 
     out = softmax(sum_c alpha_c S_c + mask) V,   V = x W_v; mask: padded keys and (causal) later keys at -inf.
 
 Every component reads only the first N rows / columns of its n-sized tables, and a padded key is masked, so the
-logits of real tokens never depend on padding (padding invariance by construction).
+logits of real tokens never depend on padding (padding invariance by construction). Table positions count from each
+row's first real token: a left-padded row (leading padding s) reads rows and columns i - s, j - s (`table_positions`),
+so it gets the logits of the unpadded row too, in full passes and in cached decoding.
 
 Two paths compute the same function:
 
@@ -48,6 +50,29 @@ SYNTHETIC_COMPONENTS = ("dense", "random", "factorized_dense", "factorized_rando
 DOT_PRODUCT = "vanilla"
 
 
+def table_positions(first: int, stop: int, starts: torch.Tensor | None) -> slice | torch.Tensor:
+    """The table indices of positions first..stop-1: a slice, or with `starts` (batch,) (each row's first real token)
+    (batch, stop - first) long indices counted from it (clamped at 0 on the leading padding, which is masked)."""
+    if starts is None:
+        return slice(first, stop)
+    return (torch.arange(first, stop, device=starts.device)[None, :] - starts[:, None]).clamp(min=0)
+
+
+def take_columns(logits: torch.Tensor, columns: slice | torch.Tensor) -> torch.Tensor:
+    """(batch, heads, L, m) -> (batch, heads, L, T): the columns of a slice, or per row of a (batch, T) index."""
+    if isinstance(columns, slice):
+        return logits[..., columns]
+    return logits.gather(-1, columns[:, None, None, :].expand(*logits.shape[:-1], columns.shape[-1]))
+
+
+def take_entries(table: torch.Tensor, rows: slice | torch.Tensor, columns: slice | torch.Tensor) -> torch.Tensor:
+    """(heads, n, n) -> (1 or batch, heads, L, T): the rows x columns block (one per row of the batch for indices)."""
+    if isinstance(rows, slice):
+        return table[None, :, rows, columns]
+    # (heads, batch, L, T) -> (batch, heads, L, T)
+    return table[:, rows[:, :, None], columns[:, None, :]].transpose(0, 1)
+
+
 class DenseSynthesizer(nn.Module):
     """F: d -> n per head. `hidden` (d -> heads * d_h) holds W1, b1 of every head; `weight` (heads, n, d_h) is W2,
     `bias` (heads, n) is b2."""
@@ -64,16 +89,19 @@ class DenseSynthesizer(nn.Module):
         features = torch.relu(self.hidden(hidden_states))
         return features.view(*hidden_states.shape[:2], self.num_heads, self.width).transpose(1, 2)
 
-    def logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        """The first `total` entries of B_i for the L new tokens (B_i depends on x_i alone, not on its position
-        `offset + i`): (batch, heads, L, total)."""
-        weight = self.weight[:, :total].to(hidden_states.dtype)
-        bias = self.bias[:, None, :total].to(hidden_states.dtype)
-        return torch.einsum("bhid,hjd->bhij", self.features(hidden_states), weight) + bias
+    def logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        """The entries `columns` (see `table_positions`) of B_i for the L new tokens (B_i depends on x_i alone, not on
+        its row): (batch, heads, L, T)."""
+        dtype, features = hidden_states.dtype, self.features(hidden_states)
+        if isinstance(columns, slice):
+            weight, bias = self.weight[:, columns].to(dtype), self.bias[:, None, columns].to(dtype)
+            return torch.einsum("bhid,hjd->bhij", features, weight) + bias
+        weight, bias = self.weight[:, columns].to(dtype), self.bias[:, columns].to(dtype)  # (heads, batch, T, ...)
+        return torch.einsum("bhid,hbjd->bhij", features, weight) + bias.transpose(0, 1)[:, :, None, :]
 
-    def reference_logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        """B_i over all n columns, then the first `total` (the paper's F, then the keys there are)."""
-        return self.logits(hidden_states, offset, self.weight.shape[1])[..., :total]
+    def reference_logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        """B_i over all n columns, then `columns` (the paper's F, then the keys there are)."""
+        return take_columns(self.logits(hidden_states, rows, slice(None)), columns)
 
 
 class FactorizedDenseSynthesizer(nn.Module):
@@ -99,19 +127,20 @@ class FactorizedDenseSynthesizer(nn.Module):
         factor_b = torch.einsum("bhid,hed->bhie", features, self.weight_b.to(dtype)) + self.bias_b[:, None].to(dtype)
         return factor_a, factor_b
 
-    def logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        """Only the first `total` entries of C_i: column j = p a + r is A_i[r] B_i[p]. (batch, heads, L, total)."""
+    def logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        """Only the entries `columns` of C_i: column j = p a + r is A_i[r] B_i[p]. (batch, heads, L, T)."""
         factor_a, factor_b = self.factors(hidden_states)
-        column = torch.arange(total, device=hidden_states.device)
-        return factor_a[..., column % self.size_a] * factor_b[..., column // self.size_a]
+        if isinstance(columns, slice):
+            columns = torch.arange(self.size_a * factor_b.shape[-1], device=hidden_states.device)[columns][None]
+        return take_columns(factor_a, columns % self.size_a) * take_columns(factor_b, columns // self.size_a)
 
-    def reference_logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        """The paper's form: C = H_A(A) * H_B(B) over all n = a b columns, then the first `total`."""
+    def reference_logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        """The paper's form: C = H_A(A) * H_B(B) over all n = a b columns, then `columns`."""
         factor_a, factor_b = self.factors(hidden_states)
         size_b = factor_b.shape[-1]
         tiled_a = factor_a.repeat(1, 1, 1, size_b)  # H_A: (A_1..A_a, A_1..A_a, ...), b times
         repeated_b = factor_b.repeat_interleave(self.size_a, dim=-1)  # H_B: (B_1 x a, B_2 x a, ...)
-        return (tiled_a * repeated_b)[..., :total]
+        return take_columns(tiled_a * repeated_b, columns)
 
 
 class RandomSynthesizer(nn.Module):
@@ -129,13 +158,12 @@ class RandomSynthesizer(nn.Module):
     def draw(num_heads: int, max_length: int, std: float, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(num_heads, max_length, max_length, generator=generator, device="cpu") * std
 
-    def logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        # (heads, n, n) -> (1, heads, L, total): rows of the new positions, the same for every row of the batch
-        rows = slice(offset, offset + hidden_states.shape[1])
-        return self.weight[None, :, rows, :total].to(hidden_states.dtype)
+    def logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        # (heads, n, n) -> (1 or batch, heads, L, T): the same for every row of the batch unless it is left-padded
+        return take_entries(self.weight, rows, columns).to(hidden_states.dtype)
 
-    def reference_logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        return self.logits(hidden_states, offset, total).expand(hidden_states.shape[0], -1, -1, -1)
+    def reference_logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        return self.logits(hidden_states, rows, columns).expand(hidden_states.shape[0], -1, -1, -1)
 
 
 class FactorizedRandomSynthesizer(nn.Module):
@@ -157,17 +185,17 @@ class FactorizedRandomSynthesizer(nn.Module):
         return tuple(torch.randn(num_heads, max_length, rank, generator=generator, device="cpu") * scale
                      for _ in range(2))
 
-    def logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        # R1[rows] R2[:total]^T: (heads, L, k) @ (heads, k, total) -> (1, heads, L, total)
-        rows, dtype = slice(offset, offset + hidden_states.shape[1]), hidden_states.dtype
-        left, right = self.left[:, rows].to(dtype), self.right[:, :total].to(dtype)
-        return torch.matmul(left, right.transpose(1, 2))[None]
+    def logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        # R1[rows] R2[columns]^T: (heads, [batch,] L, k) @ (heads, [batch,] k, T) -> (1 or batch, heads, L, T)
+        dtype = hidden_states.dtype
+        left, right = self.left[:, rows].to(dtype), self.right[:, columns].to(dtype)
+        product = torch.matmul(left, right.transpose(-1, -2))
+        return product[None] if isinstance(rows, slice) else product.transpose(0, 1)
 
-    def reference_logits(self, hidden_states: torch.Tensor, offset: int, total: int) -> torch.Tensor:
-        """The full n x n product R1 R2^T, then the rows of the new positions and the first `total` columns."""
-        batch, length = hidden_states.shape[:2]
+    def reference_logits(self, hidden_states: torch.Tensor, rows, columns) -> torch.Tensor:
+        """The full n x n product R1 R2^T, then the rows of the new positions and the key columns."""
         full = torch.matmul(self.left, self.right.transpose(1, 2)).to(hidden_states.dtype)
-        return full[None, :, offset:offset + length, :total].expand(batch, -1, -1, -1)
+        return take_entries(full, rows, columns).expand(hidden_states.shape[0], -1, -1, -1)
 
 
 def allowed_keys(keep: torch.Tensor | None, query_length: int, key_length: int, causal: bool,

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
+from ..core.masks import padding_side
 from ..hub import upload_folder
 from .evaluation import LossReport, language_model_losses
 from .families import ConversionError, SourceFamily, family_of
@@ -288,6 +289,8 @@ def save_output(folder: Path, result: ConversionResult, tokenizer, source_folder
     if tokenizer is not None:
         if max_length is not None:
             tokenizer.model_max_length = max_length
+        # the side the target's attention supports; save_pretrained writes init_kwargs (not the attribute)
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = padding_side(result.model)
         tokenizer.save_pretrained(folder)
     if source_folder is not None:
         copy_sentence_transformers_files(source_folder, folder, result.model.config.max_position_embeddings)

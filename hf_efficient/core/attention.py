@@ -11,6 +11,12 @@ Contract (mirrors transformers' Llama attention):
 * `shared_state` (a dict made fresh by the model for every forward) lets layers share what they derive from the
   masks (block masks, global-token indices) without mutating any module.
 * Capability flags are class attributes; the model reads them and raises on inputs a mechanism can't honour.
+* `supports_left_padding`: a batch padded on the left (a keep-mask row with padding before a real token) gives its
+  real tokens the outputs of the unpadded rows in every path, cached decoding included, so `generate()` may take
+  left-padded prompts (with position ids from the mask, as it makes them). False: some path (named in the class
+  docstring) refuses left padding with a ValueError (`masks.left_padding_error`). `convert` writes a tokenizer that
+  pads on the left for causal models with the flag, on the right otherwise. Mechanisms tied to absolute positions get
+  there with `masks.right_alignment` (a per-row rotation) or by indexing their tables from each row's first token.
 """
 
 from collections.abc import Callable
@@ -60,6 +66,7 @@ class EfficientAttention(nn.Module):
     supports_padding_mask = True
     supports_cache = False
     supports_global_attention = False
+    supports_left_padding = True  # see the module docstring
     is_stochastic = False
     max_length_fixed = False
 

@@ -38,6 +38,9 @@ class VariantTester:
     # covering everything, identity projections), larger where approximate (random features); None = the method
     # has no such setting (full_attention_overrides raises NotImplementedError)
     degenerate_tolerance: float | None = 1e-5
+    # further settings of the mechanism (overrides of `mechanism`) that the padding tests also run: those whose
+    # pattern or tables depend on absolute positions in another way than the tester's own setting
+    padding_settings: tuple[dict, ...] = ()
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient

@@ -7,4 +7,6 @@ TESTER = VariantTester(
     mechanism=dict(pattern="strided", local_size=6, num_summary=2, combination="merged"),
     cpu_backends=("blocked",),
     gpu_backends=("flex",),
+    # the fixed pattern (the config's default) cuts positions into absolute blocks; strided is relative
+    padding_settings=(dict(pattern="fixed", num_summary=2), dict(pattern="fixed", combination="heads")),
 )

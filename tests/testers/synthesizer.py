@@ -8,4 +8,6 @@ TESTER = VariantTester(
     mechanism=dict(synthesizer_type="dense+random+vanilla", mixture_weights=[0.7, 1.0, 0.8]),
     cpu_backends=("blocked",),
     gpu_backends=(),  # the blocked path is matmuls + sdpa and is also the GPU path
+    # the factorized tables, and the pure synthetic path (its own softmax, no dot product)
+    padding_settings=(dict(synthesizer_type="factorized_dense+factorized_random", mixture_weights=None),),
 )

@@ -26,6 +26,7 @@ from ...core.heads import (
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
 )
+from ...core.masks import right_alignment
 from ...core.modeling import EfficientModel
 from .configuration_bigbird import EfficientBigBirdConfig
 
@@ -41,6 +42,8 @@ class EfficientBigBirdAttention(EfficientAttention):
     Randomness: no buffer; the random blocks are a pure function of (config.seed, layer, blocks in the row), drawn
     per key/value head by `random_blocks` (a seeded CPU generator, cached), so save/load and every device give the same
     pattern. Rows too short for the pattern get exact full attention, decided per call and per row (no state).
+    Left padding: each row is rotated so that its first real token starts block 0 (`masks.right_alignment`) and
+    rotated back after, so a left-padded row has the blocks (and random blocks) of the unpadded row.
     Encoder-only: causal use is refused by the config.
     """
 
@@ -92,6 +95,12 @@ class EfficientBigBirdAttention(EfficientAttention):
         config = self.config
         query, key, value = self.project(hidden_states, position_embeddings)
         batch, length = hidden_states.shape[:2]
+        alignment = right_alignment(attention_mask, shared_state)  # blocks count from each row's first real token
+        if alignment is not None:
+            query, key, value = (alignment.align(states, 2) for states in (query, key, value))
+            attention_mask = alignment.keep
+            if global_attention_mask is not None:
+                global_attention_mask = alignment.align(global_attention_mask, 1)
         if "bigbird_layout" not in shared_state:
             layout = block_layout(attention_mask, global_attention_mask, batch, length, config.block_size,
                                   config.num_global_blocks, config.min_sparse_blocks, hidden_states.device)
@@ -134,6 +143,9 @@ class EfficientBigBirdAttention(EfficientAttention):
             attended = attended * attention_mask[:, :, None, None]
             if weights is not None:
                 weights = weights * attention_mask[:, None, :, None]
+        if alignment is not None:
+            attended = alignment.restore(attended, 1)
+            weights = None if weights is None else alignment.restore(alignment.restore(weights, 2), 3)
         return self.merge_heads(attended), (weights if output_attentions else None)
 
 

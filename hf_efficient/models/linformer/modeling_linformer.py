@@ -14,7 +14,7 @@ from ...core.heads import (
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
 )
-from ...core.masks import key_keep
+from ...core.masks import key_keep, right_alignment
 from ...core.modeling import EfficientModel
 from .configuration_linformer import EfficientLinformerConfig
 
@@ -44,7 +44,9 @@ class EfficientLinformerAttention(EfficientAttention):
     (batch, heads, L, k) for `output_attentions`.
     Deviations from the paper: E and F act on the projected keys/values (after k_proj/v_proj and their biases, so
     padding, zeroed there, contributes nothing), one per key/value head under grouped-query attention; an input
-    shorter than n uses the first L columns (as the authors' code); padding query rows of the output are zero.
+    shorter than n uses the first L columns (as the authors' code), counted from each row's first real token (a
+    left-padded row is rotated to the right-padded layout, `masks.right_alignment`, and back); padding query rows of
+    the output are zero.
     Not causal (E mixes future positions); inputs longer than n raise.
     """
 
@@ -95,6 +97,10 @@ class EfficientLinformerAttention(EfficientAttention):
             )
         shared_state = {} if shared_state is None else shared_state
         query, key, value = self.project(hidden_states, position_embeddings)
+        alignment = right_alignment(attention_mask, shared_state)  # column j of E/F is the row's j-th real token
+        if alignment is not None:
+            query, key, value = (alignment.align(states, 2) for states in (query, key, value))
+            attention_mask = alignment.keep
         backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
         identity = self.config.identity_projection
         key_projection, value_projection = (None, None) if identity else self.length_projections(shared_state)
@@ -118,6 +124,11 @@ class EfficientLinformerAttention(EfficientAttention):
             )
         if attention_mask is not None:
             attended = attended * attention_mask[:, :, None, None].to(attended.dtype)
+        if alignment is not None:
+            attended = alignment.restore(attended, 1)
+            if weights is not None:  # (batch, heads, L, k): the query axis (and the key axis under identity)
+                weights = alignment.restore(weights, 2)
+                weights = alignment.restore(weights, 3) if identity else weights
         return self.merge_heads(attended), (weights if output_attentions else None)
 
 

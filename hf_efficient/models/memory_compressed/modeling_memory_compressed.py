@@ -22,6 +22,7 @@ from ...core.heads import (
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
 )
+from ...core.masks import refuse_left_padding, right_alignment
 from ...core.modeling import EfficientModel
 from .cache_memory_compressed import CompressedMemoryCache, CompressedMemoryLayer
 from .configuration_memory_compressed import EfficientMemoryCompressedConfig
@@ -52,9 +53,13 @@ class EfficientMemoryCompressedAttention(EfficientAttention):
     Deviations: in a causal compressed layer a query also sees its own group's raw keys (the paper: nothing of the
     incomplete group), so no row is empty and c = 1 is exact; separate convolutions for keys and values act on the
     projected (and, with rotary, rotated) keys/values, per key/value head group; padding rows of the output are zero.
+    Left padding: a full pass rotates each row so that its first real token starts block 0 and group 0
+    (`masks.right_alignment`) and back after, which is exact; cached decoding keeps one block/group grid for the
+    whole batch, so decoding after a left-padded prefix (generate() on left-padded prompts) raises a ValueError.
     """
 
     supports_cache = True
+    supports_left_padding = False  # exact in full passes; cached decoding refuses it (see the docstring)
 
     def __init__(self, config: EfficientMemoryCompressedConfig, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -83,12 +88,17 @@ class EfficientMemoryCompressedAttention(EfficientAttention):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
+        shared_state: dict | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = self.project(hidden_states, position_embeddings)
         state = None if past_key_values is None else past_key_values.layers[self.layer_idx]
         if state is not None and state.seen_tokens:
             return self.decode_step(query, key, value, attention_mask, state, output_attentions)
+        alignment = right_alignment(attention_mask, shared_state)  # blocks and groups start at the first real token
+        if alignment is not None:
+            query, key, value = (alignment.align(states, 2) for states in (query, key, value))
+            attention_mask = alignment.keep
         backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
         weights, slot_keys, slot_values = None, None, None
         if backend == "reference":
@@ -113,10 +123,16 @@ class EfficientMemoryCompressedAttention(EfficientAttention):
                 f"attention_backend={backend!r}: T-DMCA's fast path is blocked attention through transformers' "
                 "attention interface, on any device; use attention_backend='auto', 'blocked' or 'reference'."
             )
-        if state is not None:
+        if state is not None:  # decoding goes on only without left padding, where the alignment changes nothing
             self.store_prefix(state, key, value, slot_keys, slot_values)
         if attention_mask is not None:  # padding rows are zero
             attended = attended * attention_mask[:, :, None, None].to(attended.dtype)
+        if alignment is not None:
+            attended = alignment.restore(attended, 1)
+            if weights is not None:  # (batch, heads, N, N + M): the queries and the raw keys (slots: aligned groups)
+                length = key.shape[2]
+                raw = alignment.restore(alignment.restore(weights[..., :length], 2), 3)
+                weights = torch.cat([raw, alignment.restore(weights[..., length:], 2)], dim=-1)
         return self.merge_heads(attended), (weights if output_attentions else None)
 
     def store_prefix(self, state: CompressedMemoryLayer, key: torch.Tensor, value: torch.Tensor,
@@ -136,6 +152,8 @@ class EfficientMemoryCompressedAttention(EfficientAttention):
     def decode_step(self, query, key, value, attention_mask, state: CompressedMemoryLayer, output_attentions):
         """New queries at positions seen.. against the cached block (local) or the slots and the incomplete group
         (compressed); a group that completes here is convolved into a new slot, the memory grows only then."""
+        refuse_left_padding(attention_mask, "Cached decoding of EfficientMemoryCompressed (T-DMCA)",
+                            "A forward pass without the cache (use_cache=False) is exact with left padding.")
         past, total = state.seen_tokens, state.seen_tokens + query.shape[2]
         start = state.start
         keys, values = torch.cat([state.keys, key], dim=2), torch.cat([state.values, value], dim=2)

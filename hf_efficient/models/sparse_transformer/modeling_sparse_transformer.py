@@ -19,6 +19,7 @@ from ...core.heads import (
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
 )
+from ...core.masks import leading_padding, right_alignment
 from ...core.modeling import EfficientModel
 from .configuration_sparse_transformer import EfficientSparseTransformerConfig
 
@@ -33,6 +34,9 @@ class EfficientSparseTransformerAttention(EfficientAttention):
     key under the pattern's mask (O(N) per token; exact, not the O(sqrt N) gather the pattern would allow).
     Deviations: the bidirectional extension, j = i always kept, shared summary columns across heads (see the math
     module); the paper's recomputation and custom kernels are replaced by the blocked / FlexAttention paths.
+    Left padding: the fixed pattern's blocks count from each row's first real token (a full pass rotates the row to
+    the right-padded layout, `masks.right_alignment`, and back; decoding shifts the positions), so a left-padded row
+    gets the outputs of the unpadded one; the strided pattern depends on i - j only.
     """
 
     supports_cache = True
@@ -63,7 +67,11 @@ class EfficientSparseTransformerAttention(EfficientAttention):
             key, value = past_key_values.update(key, value, self.layer_idx)
             if past_length:
                 return self.decode_step(query, key, value, attention_mask, past_length, output_attentions)
-
+        # the fixed pattern's blocks start at each row's first real token
+        alignment = right_alignment(attention_mask, shared_state) if self.settings[0] == "fixed" else None
+        if alignment is not None:
+            query, key, value = (alignment.align(states, 2) for states in (query, key, value))
+            attention_mask = alignment.keep
         backend = self.backend(hidden_states, output_attentions)
         weights = None
         if backend == "reference":
@@ -81,15 +89,23 @@ class EfficientSparseTransformerAttention(EfficientAttention):
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
         if attention_mask is not None:  # padding rows are zero
             attended = attended * attention_mask[:, :, None, None]
+        if alignment is not None:
+            attended = alignment.restore(attended, 1)
+            weights = None if weights is None else alignment.restore(alignment.restore(weights, 2), 3)
         return self.merge_heads(attended), (weights if output_attentions else None)
 
     def decode_step(self, query, keys, values, attention_mask, past_length, output_attentions):
-        """New queries at positions past_length.. against every cached key, masked to the pattern (causal)."""
+        """New queries at positions past_length.. against every cached key, masked to the pattern (causal); positions
+        count from each row's first real token."""
         length = keys.shape[2]
         query_positions = torch.arange(past_length, length, device=query.device)[:, None]
         key_positions = torch.arange(length, device=query.device)[None, :]
-        keep = heads_keep(query_positions, key_positions, self.factors, *self.settings)[None]  # (1, 1|h, n, keys)
-        if attention_mask is not None:
+        if attention_mask is None:
+            keep = heads_keep(query_positions, key_positions, self.factors, *self.settings)[None]  # (1, 1|h, n, keys)
+        else:
+            start = leading_padding(attention_mask)[:, None, None]  # (batch, 1, 1)
+            keep = heads_keep(query_positions - start, key_positions - start, self.factors, *self.settings)
+            keep = keep.transpose(0, 1)  # (1|h, batch, n, keys) -> (batch, 1|h, n, keys)
             keep = (keep & attention_mask[:, None, None, :]) | (query_positions == key_positions)
         attended, weights = self.attend(query, keys, values, keep, need_weights=output_attentions)
         return self.merge_heads(attended), weights

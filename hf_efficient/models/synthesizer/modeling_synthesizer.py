@@ -14,6 +14,7 @@ from ...attention.synthetic import (
     RandomSynthesizer,
     synthetic_attention,
     synthetic_reference,
+    table_positions,
 )
 from ...core.attention import EfficientAttention, repeat_kv
 from ...core.heads import (
@@ -23,7 +24,7 @@ from ...core.heads import (
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
 )
-from ...core.masks import key_keep
+from ...core.masks import key_keep, left_padding_starts
 from ...core.modeling import EfficientModel
 from .configuration_synthesizer import EfficientSynthesizerConfig
 
@@ -97,7 +98,8 @@ class EfficientSynthesizerAttention(EfficientAttention):
     Deviations from the paper: the factorized dense F_A and F_B share their first layer W1; the mixture's alphas are
     free (1.0 each by default, as the authors' code sums the logits; the paper's sum-to-one is not enforced).
     Cached decoding: a DynamicCache keeps the values (and keys with the dot product); a new token at position p
-    takes row p of R / R1 R2^T, or its own B_p, over the first p + 1 columns: O(h p d) per token.
+    takes row p of R / R1 R2^T, or its own B_p, over the first p + 1 columns: O(h p d) per token. Positions count
+    from each row's first real token, so left-padded batches (full passes and decoding) are exact.
     """
 
     supports_cache = True
@@ -126,12 +128,15 @@ class EfficientSynthesizerAttention(EfficientAttention):
             return 1.0
         return self.mixture_weights[self.components.index(component)]
 
-    def mixed_logits(self, hidden_states: torch.Tensor, offset: int, total: int, reference: bool) -> torch.Tensor:
-        """sum_c alpha_c S_c over the synthetic components for the new tokens at positions offset.. over the first
-        `total` keys: (1 or batch, heads, L, total)."""
+    def mixed_logits(self, hidden_states: torch.Tensor, past: int, total: int, starts: torch.Tensor | None,
+                     reference: bool) -> torch.Tensor:
+        """sum_c alpha_c S_c over the synthetic components for the new tokens at positions past.. over the `total`
+        keys, table positions counted from each row's first real token (`starts`, None: from 0): (1 or batch, heads,
+        L, total)."""
+        rows, columns = table_positions(past, total, starts), table_positions(0, total, starts)
         result = None
         for component, synthesizer in self.synthesizers.items():
-            logits = (synthesizer.reference_logits if reference else synthesizer.logits)(hidden_states, offset, total)
+            logits = (synthesizer.reference_logits if reference else synthesizer.logits)(hidden_states, rows, columns)
             term = self.alpha(component) * logits
             result = term if result is None else result + term
         return result
@@ -143,6 +148,7 @@ class EfficientSynthesizerAttention(EfficientAttention):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values=None,
         output_attentions: bool = False,
+        shared_state: dict | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length = hidden_states.shape[:2]
@@ -170,6 +176,7 @@ class EfficientSynthesizerAttention(EfficientAttention):
             cached_key, value = past_key_values.update(new_key, value, self.layer_idx)
             key = cached_key if key is not None else None
         dot_product_only = self.config.dot_product_only
+        starts = left_padding_starts(attention_mask, shared_state)  # tables count from each row's first real token
         weights = None
         if backend == "reference":
             scores = 0.0
@@ -177,7 +184,7 @@ class EfficientSynthesizerAttention(EfficientAttention):
                 scores = torch.einsum("bhqd,bhkd->bhqk", query, repeat_kv(key, self.num_key_value_groups))
                 scores = scores * self.scaling * (1.0 if dot_product_only else self.alpha(DOT_PRODUCT))
             if not dot_product_only:
-                scores = scores + self.mixed_logits(hidden_states, past, total, reference=True)
+                scores = scores + self.mixed_logits(hidden_states, past, total, starts, reference=True)
             attended, weights = synthetic_reference(scores, repeat_kv(value, self.num_key_value_groups),
                                                     attention_mask, self.is_causal, self.dropout)
         elif dot_product_only:
@@ -186,8 +193,8 @@ class EfficientSynthesizerAttention(EfficientAttention):
         else:
             if query is not None:  # a mixture with the dot product: alpha_vanilla Q K^T = (alpha_vanilla Q) K^T
                 query = query * self.alpha(DOT_PRODUCT).to(query.dtype)
-            attended = synthetic_attention(self, self.mixed_logits(hidden_states, past, total, reference=False), query,
-                                           key, value, attention_mask, self.is_causal)
+            logits = self.mixed_logits(hidden_states, past, total, starts, reference=False)
+            attended = synthetic_attention(self, logits, query, key, value, attention_mask, self.is_causal)
         if attention_mask is not None:
             attended = attended * attention_mask[:, -length:, None, None].to(attended.dtype)
         return self.merge_heads(attended), (weights if output_attentions else None)
