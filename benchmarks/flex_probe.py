@@ -1,0 +1,75 @@
+"""Which part of the sliding-window FlexAttention call costs what (GPU): the band alone, the band with a global
+token, with a padding mask; forward alone and forward + backward; dense SDPA beside it. Base sizes by default.
+
+    python benchmarks/flex_probe.py --lengths 4096,16384 --out benchmarks/results/
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_efficient.attention.sliding_window import flex_block_mask, sliding_window_flex  # noqa: E402
+
+
+def timed(function, repeats: int = 20) -> float:
+    for _ in range(3):
+        function()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(repeats):
+        function()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="4096,16384")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device, rows = torch.device("cuda"), []
+    for length in (int(n) for n in args.lengths.split(",")):
+        shape = (args.batch, args.heads, length, args.head_dim)
+        q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        is_global = torch.zeros(args.batch, length, dtype=torch.bool, device=device)
+        is_global[:, 0] = True
+        keep = torch.ones(args.batch, length, dtype=torch.bool, device=device)
+        cases = {"band": (None, None), "band + global": (None, is_global), "band + global + keep": (keep, is_global),
+                 "band + keep": (keep, None)}
+        for name, (keep_mask, global_mask) in cases.items():
+            mask = flex_block_mask(length, args.window // 2, 1, False, keep_mask, global_mask, device)
+            counts = mask.kv_num_blocks.float().mean().item()
+            full = mask.full_kv_num_blocks.float().mean().item() if mask.full_kv_num_blocks is not None else 0.0
+            build = timed(lambda km=keep_mask, gm=global_mask: flex_block_mask(length, args.window // 2, 1, False,
+                                                                             km, gm, device), repeats=5)
+            with torch.no_grad():
+                forward = timed(lambda m=mask: sliding_window_flex(q, k, v, m, args.head_dim**-0.5))
+            both = timed(lambda m=mask: sliding_window_flex(q, k, v, m, args.head_dim**-0.5).sum().backward())
+            rows.append((length, name, f"{counts:.1f} partial + {full:.1f} full", build, forward, both))
+        with torch.no_grad():
+            forward = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+        both = timed(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+        rows.append((length, "dense SDPA", "-", 0.0, forward, both))
+    lines = ["| N | case | kv tiles per q tile | BlockMask build ms | forward ms | forward + backward ms |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {name} | {tiles} | {build:.2f} | {fwd:.2f} | {both:.2f} |"
+              for n, name, tiles, build, fwd, both in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "flex_probe.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
