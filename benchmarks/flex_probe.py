@@ -28,6 +28,36 @@ def timed(function, repeats: int = 20) -> float:
     return begin.elapsed_time(end) / repeats
 
 
+def probe(length: int, args: argparse.Namespace) -> list[tuple]:
+    """The rows of one length: each mask case, then dense SDPA."""
+    device, rows = torch.device("cuda"), []
+    shape = (args.batch, args.heads, length, args.head_dim)
+    q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    scaling = args.head_dim**-0.5
+    is_global = torch.zeros(args.batch, length, dtype=torch.bool, device=device)
+    is_global[:, 0] = True
+    keep = torch.ones(args.batch, length, dtype=torch.bool, device=device)
+    cases = {"band": (None, None), "band + global": (None, is_global), "band + global + keep": (keep, is_global),
+             "band + keep": (keep, None)}
+    for name, (keep_mask, global_mask) in cases.items():
+        def build(keep_mask=keep_mask, global_mask=global_mask):
+            return flex_block_mask(length, args.window // 2, 1, False, keep_mask, global_mask, device)
+
+        mask = build()
+        counts = mask.kv_num_blocks.float().mean().item()
+        full = mask.full_kv_num_blocks.float().mean().item() if mask.full_kv_num_blocks is not None else 0.0
+        build_ms = timed(build, repeats=5)
+        with torch.no_grad():
+            forward = timed(lambda mask=mask: sliding_window_flex(q, k, v, mask, scaling))
+        both = timed(lambda mask=mask: sliding_window_flex(q, k, v, mask, scaling).sum().backward())
+        rows.append((length, name, f"{counts:.1f} partial + {full:.1f} full", build_ms, forward, both))
+    with torch.no_grad():
+        forward = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+    both = timed(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    rows.append((length, "dense SDPA", "-", 0.0, forward, both))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="4096,16384")
@@ -37,29 +67,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    device, rows = torch.device("cuda"), []
-    for length in (int(n) for n in args.lengths.split(",")):
-        shape = (args.batch, args.heads, length, args.head_dim)
-        q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        is_global = torch.zeros(args.batch, length, dtype=torch.bool, device=device)
-        is_global[:, 0] = True
-        keep = torch.ones(args.batch, length, dtype=torch.bool, device=device)
-        cases = {"band": (None, None), "band + global": (None, is_global), "band + global + keep": (keep, is_global),
-                 "band + keep": (keep, None)}
-        for name, (keep_mask, global_mask) in cases.items():
-            mask = flex_block_mask(length, args.window // 2, 1, False, keep_mask, global_mask, device)
-            counts = mask.kv_num_blocks.float().mean().item()
-            full = mask.full_kv_num_blocks.float().mean().item() if mask.full_kv_num_blocks is not None else 0.0
-            build = timed(lambda km=keep_mask, gm=global_mask: flex_block_mask(length, args.window // 2, 1, False,
-                                                                             km, gm, device), repeats=5)
-            with torch.no_grad():
-                forward = timed(lambda m=mask: sliding_window_flex(q, k, v, m, args.head_dim**-0.5))
-            both = timed(lambda m=mask: sliding_window_flex(q, k, v, m, args.head_dim**-0.5).sum().backward())
-            rows.append((length, name, f"{counts:.1f} partial + {full:.1f} full", build, forward, both))
-        with torch.no_grad():
-            forward = timed(lambda: F.scaled_dot_product_attention(q, k, v))
-        both = timed(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
-        rows.append((length, "dense SDPA", "-", 0.0, forward, both))
+    rows = [row for length in args.lengths.split(",") for row in probe(int(length), args)]
     lines = ["| N | case | kv tiles per q tile | BlockMask build ms | forward ms | forward + backward ms |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {name} | {tiles} | {build:.2f} | {fwd:.2f} | {both:.2f} |"
