@@ -7,4 +7,5 @@ TESTER = VariantTester(
     mechanism=dict(pattern="strided", local_size=6, num_summary=2, combination="merged"),
     cpu_backends=("blocked",),
     gpu_backends=("flex",),
+    bad_values=dict(pattern="bogus", local_size=0, num_summary=0, combination="bogus"),
 )

@@ -8,4 +8,7 @@ TESTER = VariantTester(
     mechanism=dict(synthesizer_type="dense+random+vanilla", mixture_weights=[0.7, 1.0, 0.8]),
     cpu_backends=("blocked",),
     gpu_backends=(),  # the blocked path is matmuls + sdpa and is also the GPU path
+    bad_values=dict(synthesizer_type="bogus", mixture_weights=[1.0], mixture_trainable="yes", random_trainable="yes",
+                    random_init_std=0.0, factorized_random_rank=0, factorized_dense_a=0, dense_hidden_size=0, seed=-1,
+                    dot_product_only="yes"),
 )

@@ -1,0 +1,136 @@
+"""Robustness of configs and loading, for every registered variant: every knob is checked wherever a config is made
+or loaded, is_decoder means causal, config files are complete and of the right type."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from test_common import VARIANT_NAMES, build, get_tester, styles
+from testers import TESTERS
+from testers.base import BACKBONE_BAD_VALUES
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+
+import hf_efficient
+from hf_efficient.auto import VARIANTS
+from hf_efficient.core import configuration
+
+TRANSFORMERS_FIELDS = {field.name for field in dataclasses.fields(PreTrainedConfig)}
+
+
+def knob_cases() -> list:
+    """Every field of every variant's config class (the backbone's and the variant's own), read from the classes."""
+    return [pytest.param(model_type, field.name, id=f"{model_type}-{field.name}")
+            for model_type in VARIANT_NAMES for field in dataclasses.fields(VARIANTS[model_type].config)
+            if field.name not in TRANSFORMERS_FIELDS]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny model of a variant (its first style), once per variant."""
+    folders = {}
+
+    def folder(model_type: str, style: str | None = None):
+        style = style or styles(model_type)[0]
+        if (model_type, style) not in folders:
+            path = tmp_path_factory.mktemp(f"{model_type}-{style}")
+            build(model_type, "model", style).save_pretrained(path)
+            folders[model_type, style] = path
+        return folders[model_type, style]
+
+    return folder
+
+
+@pytest.mark.parametrize(("model_type", "knob"), knob_cases())
+def test_every_knob_is_validated_wherever_a_config_is_made_or_loaded(model_type, knob, saved):
+    tester = get_tester(model_type)
+    bad_values = {**BACKBONE_BAD_VALUES, **tester.bad_values}
+    if knob not in bad_values:
+        pytest.fail(f"{model_type}: the config field {knob!r} has no bad value; validate it and declare one in "
+                    "tests/testers (the tester's bad_values, or BACKBONE_BAD_VALUES for a backbone field)")
+    override, names_it = {knob: bad_values[knob]}, rf"\b{knob}\b"
+    with pytest.raises(ValueError, match=names_it):
+        tester.config(styles(model_type)[0], **override)
+    folder = saved(model_type)
+    with pytest.raises(ValueError, match=names_it):
+        VARIANTS[model_type].model.from_pretrained(folder, **override)
+    with pytest.raises(ValueError, match=names_it):
+        AutoConfig.from_pretrained(folder, **override)
+
+
+def test_a_changed_config_is_checked_again_before_it_is_saved(tmp_path):
+    model = build("efficient_performer", "model", "bert")
+    model.config.kernel = "bogus"
+    with pytest.raises(ValueError, match="kernel"):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def later_token_changes_earlier_outputs(model, tester) -> bool:
+    inputs = tester.inputs(model.config, batch=1, padded=False)
+    changed = inputs["input_ids"].clone()
+    cut = changed.shape[1] // 2
+    changed[0, cut] = changed[0, cut] % (model.config.vocab_size - 1) + 1
+    with torch.no_grad():
+        before = model(**inputs, use_cache=False).last_hidden_state
+        after = model(input_ids=changed, attention_mask=inputs["attention_mask"], use_cache=False).last_hidden_state
+    return not torch.allclose(after[:, :cut], before[:, :cut], rtol=0, atol=1e-6)
+
+
+def test_is_decoder_makes_the_model_causal(saved):
+    tester = TESTERS["efficient_sparse_transformer"]
+    model_class = VARIANTS["efficient_sparse_transformer"].model
+    config = tester.config(is_decoder=True)
+    assert config.is_causal and config.is_decoder
+    assert not later_token_changes_earlier_outputs(model_class(config).eval(), tester)
+    encoder = model_class(tester.config()).eval()
+    assert later_token_changes_earlier_outputs(encoder, tester), "the check must see the future leak of an encoder"
+    loaded = model_class.from_pretrained(saved("efficient_sparse_transformer", "bert"), is_decoder=True).eval()
+    assert loaded.config.is_causal and not later_token_changes_earlier_outputs(loaded, tester)
+    assert AutoConfig.from_pretrained(saved("efficient_sparse_transformer", "bert"), is_decoder=True).is_causal
+    assert not tester.config(is_decoder=False).is_causal
+
+
+def test_is_decoder_and_is_causal_must_agree(saved):
+    tester = TESTERS["efficient_sparse_transformer"]
+    with pytest.raises(ValueError, match="is_decoder=True and is_causal=False disagree"):
+        tester.config(is_decoder=True, is_causal=False)
+    with pytest.raises(ValueError, match="disagree"):
+        AutoModel.from_pretrained(saved("efficient_sparse_transformer", "bert"), is_decoder=True, is_causal=False)
+    with pytest.raises(ValueError, match="disagree"):
+        tester.config("gpt2", is_decoder=False)
+
+
+@pytest.mark.parametrize("model_type", ["efficient_bigbird", "efficient_linformer"])
+def test_is_decoder_is_refused_by_encoder_only_variants(model_type, saved):
+    with pytest.raises(ValueError, match="is_causal=False"):
+        get_tester(model_type).config(is_decoder=True)
+    with pytest.raises(ValueError, match="is_causal=False"):
+        AutoModel.from_pretrained(saved(model_type), is_decoder=True)
+
+
+def test_a_config_file_of_another_model_type_is_refused(saved):
+    folder = saved("efficient_longformer")
+    for load in (hf_efficient.EfficientPerformerConfig.from_pretrained,
+                 hf_efficient.EfficientPerformerModel.from_pretrained):
+        with pytest.raises(ValueError, match="model_type='efficient_longformer'.*'efficient_performer'"):
+            load(folder)
+
+
+@pytest.mark.parametrize("field", configuration.REQUIRED_IN_FILES)
+def test_a_config_file_without_a_required_field_is_refused(field, saved, tmp_path):
+    source = saved("efficient_longformer")
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config[field]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained,
+                 hf_efficient.EfficientLongformerConfig.from_pretrained):
+        with pytest.raises(ValueError, match=rf"lacks \['{field}'\]"):
+            load(tmp_path)
+
+
+def test_defaults_still_serve_a_config_made_in_python():
+    config = hf_efficient.EfficientLongformerConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.is_causal) == (768, 12, False)
