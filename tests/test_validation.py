@@ -1,11 +1,14 @@
 """Robustness of configs and loading, for every registered variant: every knob is checked wherever a config is made
-or loaded, is_decoder means causal, config files are complete and of the right type."""
+or loaded, is_decoder means causal, config files are complete and of the right type, seeded tensors a checkpoint lacks
+are rebuilt from the seed."""
 
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_common import VARIANT_NAMES, build, get_tester, styles
 from testers import TESTERS
 from testers.base import BACKBONE_BAD_VALUES
@@ -134,3 +137,71 @@ def test_a_config_file_without_a_required_field_is_refused(field, saved, tmp_pat
 def test_defaults_still_serve_a_config_made_in_python():
     config = hf_efficient.EfficientLongformerConfig()
     assert (config.hidden_size, config.num_hidden_layers, config.is_causal) == (768, 12, False)
+
+
+# seeded tensors: (variant, config overrides) covering every kind a variant declares in `seeded_tensors`
+SEEDED_CASES = {
+    "performer": ("efficient_performer", {}),
+    "synthesizer-fixed": ("efficient_synthesizer", dict(synthesizer_type="random+factorized_random+vanilla",
+                                                         mixture_weights=None, random_trainable=False)),
+    "synthesizer-trainable": ("efficient_synthesizer", dict(synthesizer_type="random+factorized_random",
+                                                             mixture_weights=None)),
+}
+
+
+def test_every_variant_with_seeded_tensors_has_a_case():
+    declared = {name for name in VARIANT_NAMES if VARIANTS[name].model.seeded_tensors}
+    assert declared == {model_type for model_type, _ in SEEDED_CASES.values()}
+
+
+def seeded_names(model) -> list[str]:
+    return [name for name in model.state_dict() if name.endswith(type(model).seeded_tensors)]
+
+
+@pytest.mark.parametrize("case", SEEDED_CASES)
+def test_seeded_tensors_missing_from_a_checkpoint_are_rebuilt_from_the_seed(case, tmp_path, caplog):
+    model_type, overrides = SEEDED_CASES[case]
+    config = get_tester(model_type).config(**overrides)
+    torch.manual_seed(0)
+    model = VARIANTS[model_type].model(config)
+    with torch.no_grad():  # trained weights: what the checkpoint holds must load as saved
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+    model.save_pretrained(tmp_path)
+    fresh = VARIANTS[model_type].model(config).state_dict()  # the seeded tensors of a new model of this config
+    removed = seeded_names(model)
+    assert removed
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k not in removed}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="hf_efficient"):
+            caplog.clear()
+            loaded = AutoModel.from_pretrained(tmp_path).state_dict()
+        assert f"{removed[0]}, " in caplog.text and "rebuilt from the config's seed" in caplog.text
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(loaded[name], fresh[name] if name in removed else tensor, rtol=0, atol=0,
+                                       msg=name)
+
+
+def test_performer_features_of_another_size_are_rebuilt_from_the_seed(saved, caplog):
+    folder = saved("efficient_performer")
+    expected = VARIANTS["efficient_performer"].model(get_tester("efficient_performer").config(nb_features=16))
+    loads = []
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="hf_efficient"):
+            caplog.clear()
+            loads.append(AutoModel.from_pretrained(folder, nb_features=16, ignore_mismatched_sizes=True))
+        assert "layers.0.self_attn.random_features" in caplog.text
+    for layer in range(expected.config.num_hidden_layers):
+        features = [m.layers[layer].self_attn.random_features for m in (*loads, expected)]
+        assert features[0].shape == (16, expected.config.head_dim) and torch.isfinite(features[0]).all()
+        assert torch.equal(features[0], features[1]) and torch.equal(features[0], features[2])
+
+
+def test_a_redraw_is_kept_by_the_seed():
+    model = build("efficient_performer", "model", "bert")
+    model.redraw_features(seed=11)
+    assert model.config.feature_seed == 11
+    rebuilt = VARIANTS["efficient_performer"].model(model.config)
+    assert torch.equal(rebuilt.layers[1].self_attn.random_features, model.layers[1].self_attn.random_features)

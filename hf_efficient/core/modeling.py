@@ -36,6 +36,20 @@ class EfficientPreTrainedModel(PreTrainedModel):
         if isinstance(module, EfficientRMSNorm):
             init.ones_(module.weight)
 
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """transformers' initialisation of what a checkpoint lacked or held at another size (`from_pretrained`): the
+        variants' `_init_weights` redraw seeded tensors (`EfficientModel.seeded_tensors`) from the config's seed, as a
+        fresh model of that config draws them; a warning names them."""
+        seeded = getattr(self.base_model, "seeded_tensors", ())
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        rebuilt = [name for name, tensor in tensors
+                   if name.endswith(seeded) and not getattr(tensor, "_is_hf_initialized", False)]
+        super()._initialize_missing_keys(is_quantized)
+        if rebuilt:
+            shown = ", ".join(rebuilt[:4]) + (f" and {len(rebuilt) - 4} more" if len(rebuilt) > 4 else "")
+            logger.warning(f"{shown}: not in the checkpoint or of another size; rebuilt from the config's seed, as a "
+                           f"fresh {type(self).__name__} of this config draws them.")
+
 
 class EfficientPooler(nn.Module):
     """BERT's pooler: act(W h_first + b), act = tanh (BERT/RoBERTa), relu (DistilBERT) or gelu (ELECTRA)."""
@@ -57,6 +71,9 @@ class EfficientModel(EfficientPreTrainedModel):
     # the error when given another kind of cache)
     state_cache: type[StateCache] | None = None
     state_cache_refusal: str = ""
+    # suffixes of the names of tensors drawn from the config's seed (random features, fixed random tables): a checkpoint
+    # that lacks them, or holds them at another size, loads with them redrawn by `_init_weights`, and says so
+    seeded_tensors: tuple[str, ...] = ()
 
     def __init__(self, config: EfficientConfig):
         config.validate_backbone()
