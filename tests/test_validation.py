@@ -1,6 +1,6 @@
 """Robustness of configs and loading, for every registered variant: every knob is checked wherever a config is made
 or loaded, is_decoder means causal, config files are complete and of the right type, seeded tensors a checkpoint lacks
-are rebuilt from the seed."""
+are rebuilt from the seed, the CPU path compiles into one graph."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_common import VARIANT_NAMES, build, get_tester, styles
+from test_common import VARIANT_NAMES, build, get_tester, styles, with_globals
 from testers import TESTERS
 from testers.base import BACKBONE_BAD_VALUES
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
@@ -205,3 +205,33 @@ def test_a_redraw_is_kept_by_the_seed():
     assert model.config.feature_seed == 11
     rebuilt = VARIANTS["efficient_performer"].model(model.config)
     assert torch.equal(rebuilt.layers[1].self_attn.random_features, model.layers[1].self_attn.random_features)
+
+
+@pytest.mark.parametrize(("model_type", "style"), [(m, s) for m in VARIANT_NAMES for s in dict.fromkeys(
+    [styles(m)[0], styles(m)[-1]])])
+def test_the_cpu_path_compiles_into_one_graph(model_type, style):
+    """fullgraph=True fails on any graph break; the "eager" backend runs the captured graph with eager kernels.
+    Each direction a variant has (bert: absolute positions; llama: causal, rotary, grouped KV heads), padded rows,
+    global tokens where the variant has them."""
+    model = build(model_type, "model", style)
+    inputs = with_globals(model, get_tester(model_type).inputs(model.config))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).last_hidden_state, model(**inputs).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_value_checks_still_raise_under_compile():
+    model = build("efficient_longformer", "model", "bert")
+    inputs = get_tester("efficient_longformer").inputs(model.config)
+    limit = model.config.max_position_embeddings
+    beyond = torch.full_like(inputs["input_ids"], limit)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(**inputs, position_ids=beyond)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with pytest.raises(RuntimeError, match="max_position_embeddings"):
+        compiled(**inputs, position_ids=beyond)
+    with pytest.raises(RuntimeError, match="only 0 and 1"):
+        compiled(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"] * 2)

@@ -141,7 +141,8 @@ class EfficientModel(EfficientPreTrainedModel):
             )
         if global_keep is not None and keep is not None:  # a padding token is never global
             global_keep = global_keep & keep[:, -length:]
-            global_keep = global_keep if bool(global_keep.any()) else None
+            if not torch.compiler.is_compiling():  # dropping an all-False mask is a data-dependent shortcut
+                global_keep = global_keep if bool(global_keep.any()) else None
 
         hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
         position_embeddings = self.rotary(hidden, position_ids) if self.rotary is not None else None
@@ -207,9 +208,11 @@ class EfficientModel(EfficientPreTrainedModel):
         if self.config.position_embedding_type != "absolute":
             return
         limit = self.config.max_position_embeddings
-        if total_length > limit or int(position_ids.max()) >= limit:
-            raise ValueError(
-                f"The input needs positions up to {max(total_length, int(position_ids.max()) + 1)} but this model "
-                f"has max_position_embeddings={limit}. Truncate the input (tokenizer truncation=True, "
-                f"max_length={limit}) or convert the model with a larger --max-length."
-            )
+        advice = (f"this model has max_position_embeddings={limit}. Truncate the input (tokenizer truncation=True, "
+                  f"max_length={limit}) or convert the model with a larger --max-length.")
+        if total_length > limit:  # a shape check: plain Python, also under torch.compile
+            raise ValueError(f"The input needs positions up to {total_length} but {advice}")
+        if torch.compiler.is_compiling():  # a value check without a graph break (raises RuntimeError when run)
+            torch._assert_async(position_ids.max() < limit, f"position_ids reach past the table: {advice}")
+        elif int(position_ids.max()) >= limit:
+            raise ValueError(f"The input needs positions up to {int(position_ids.max()) + 1} but {advice}")
