@@ -1,6 +1,7 @@
 """Robustness of configs and loading, for every registered variant: every knob is checked wherever a config is made
 or loaded, is_decoder means causal, config files are complete and of the right type, seeded tensors a checkpoint lacks
-are rebuilt from the seed, the CPU path compiles into one graph."""
+are rebuilt from the seed, empty batches are refused, the CPU path compiles into one graph, output_attentions says
+what it costs."""
 
 import dataclasses
 import json
@@ -16,7 +17,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 import hf_efficient
 from hf_efficient.auto import VARIANTS
-from hf_efficient.core import configuration
+from hf_efficient.core import configuration, modeling
 
 TRANSFORMERS_FIELDS = {field.name for field in dataclasses.fields(PreTrainedConfig)}
 
@@ -207,6 +208,14 @@ def test_a_redraw_is_kept_by_the_seed():
     assert torch.equal(rebuilt.layers[1].self_attn.random_features, model.layers[1].self_attn.random_features)
 
 
+@pytest.mark.parametrize("model_type", VARIANT_NAMES)
+def test_an_empty_batch_is_refused_at_the_entry(model_type):
+    model = build(model_type, "model", styles(model_type)[0])
+    for shape in ((0, 5), (2, 0)):
+        with pytest.raises(ValueError, match=rf"\({shape[0]}, {shape[1]}\); pass at least one row"):
+            model(input_ids=torch.ones(shape, dtype=torch.long))
+
+
 @pytest.mark.parametrize(("model_type", "style"), [(m, s) for m in VARIANT_NAMES for s in dict.fromkeys(
     [styles(m)[0], styles(m)[-1]])])
 def test_the_cpu_path_compiles_into_one_graph(model_type, style):
@@ -235,3 +244,21 @@ def test_value_checks_still_raise_under_compile():
         compiled(**inputs, position_ids=beyond)
     with pytest.raises(RuntimeError, match="only 0 and 1"):
         compiled(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"] * 2)
+
+
+@pytest.mark.parametrize("model_type", VARIANT_NAMES)
+def test_output_attentions_says_what_it_costs(model_type, monkeypatch, caplog):
+    model = build(model_type, "model", styles(model_type)[0])
+    inputs = with_globals(model, get_tester(model_type).inputs(model.config))
+    with torch.no_grad():
+        weights = model(**inputs, output_attentions=True).attentions
+    size = sum(w.numel() * w.element_size() for w in weights)
+    batch, heads, length, columns = weights[0].shape
+    stated = f"(batch {batch} x {heads} heads x {length} x {columns} x {len(weights)} layers x 4 bytes)"
+    for threshold, warned in ((size - 1, True), (size, False)):
+        monkeypatch.setattr(modeling, "LARGE_ATTENTION_WEIGHTS", threshold)
+        logging.Logger.warning_once.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="hf_efficient"), torch.no_grad():
+            caplog.clear()
+            model(**inputs, output_attentions=True)
+        assert (stated in caplog.text) is warned, caplog.text

@@ -18,6 +18,9 @@ from .state_cache import StateCache, refit_state_cache
 
 logger = logging.get_logger(__name__)
 
+# output_attentions above this many bytes of weights logs what it costs
+LARGE_ATTENTION_WEIGHTS = 256 * 2**20
+
 
 class EfficientPreTrainedModel(PreTrainedModel):
     """Weight init and the transformers integration flags shared by every model and head."""
@@ -113,6 +116,14 @@ class EfficientModel(EfficientPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+        """The backbone over `input_ids` (or `inputs_embeds`) of shape (batch, seq), with the package's masks:
+        `attention_mask` a (batch, seq) 0/1 padding mask, `global_attention_mask` (batch, seq) 1 on global tokens.
+
+        `output_attentions=True` runs every layer's naive reference path and returns its weights: batch x heads x
+        seq x keys numbers per layer (keys = seq for most variants), N^2 memory that the efficient paths never
+        form (2.25 GiB at 2048 tokens, batch 1, 12 heads, 12 layers, fp32); a warning gives the size when it
+        exceeds 256 MiB.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         config = self.config
@@ -121,6 +132,9 @@ class EfficientModel(EfficientPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
+        if batch == 0 or length == 0:
+            raise ValueError(f"The input has shape (batch, sequence) = ({batch}, {length}); pass at least one row of "
+                             "at least one token.")
 
         global_keep = self.global_tokens(validate_global_mask(global_attention_mask, batch, length), batch, length,
                                          past_key_values is not None, device)
@@ -131,6 +145,8 @@ class EfficientModel(EfficientPreTrainedModel):
             )
         past_key_values = self._resolve_cache(past_key_values, use_cache, global_keep is not None)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if output_attentions and not torch.compiler.is_compiling():
+            self._warn_attention_weights(batch, length, past_length + length)
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, -1)
         self._check_positions(position_ids, past_length + length)
@@ -174,6 +190,23 @@ class EfficientModel(EfficientPreTrainedModel):
             attentions=tuple(all_weights) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def attention_weight_columns(self, keys: int) -> int:
+        """The last dimension of the weights `output_attentions` returns, for `keys` keys (variants override)."""
+        return keys
+
+    def _warn_attention_weights(self, batch: int, length: int, keys: int) -> None:
+        """Say what output_attentions costs when it is large: the weights of every layer are kept."""
+        config, element = self.config, torch.finfo(self.dtype).bits // 8
+        columns = self.attention_weight_columns(keys)
+        size = batch * config.num_attention_heads * length * columns * config.num_hidden_layers * element
+        if size > LARGE_ATTENTION_WEIGHTS:
+            logger.warning_once(
+                f"output_attentions=True materialises {size / 2**30:.2f} GiB of attention weights (batch {batch} x "
+                f"{config.num_attention_heads} heads x {length} x {columns} x {config.num_hidden_layers} layers x "
+                f"{element} bytes) through every layer's naive reference path, which the efficient paths avoid. "
+                "Leave output_attentions off unless you need the weights, or pass a shorter input."
+            )
 
     def global_tokens(self, global_keep: torch.Tensor | None, batch: int, length: int, decoding: bool,
                       device: torch.device) -> torch.Tensor | None:
