@@ -62,6 +62,7 @@ class BlockLayout:
     extra_global: torch.Tensor | None  # (batch, N) bool: tokens marked in global_attention_mask
     full_index: torch.Tensor  # (batch, F) positions whose rows attend to every key (global blocks and tokens, short
     full_valid: torch.Tensor  # rows), with which slots are real: see `global_tokens.global_slots`
+    row_block_counts: tuple[int, ...] = ()  # the blocks a sparse row can have, known from the shapes alone
 
     @property
     def sparse_query(self) -> torch.Tensor:
@@ -98,11 +99,15 @@ def block_layout(
     block_of = positions // block_size
     full_query = global_block.gather(1, block_of.expand(batch, padded))
     full_query = full_query | (short[:, None] & (block_of[None, :] < row_blocks[:, None]))
+    # a bound on each row's full rows that the shapes give (for torch.compile): a short row's tokens, or the global
+    # blocks of a sparse row (fewer), plus any extra global tokens
+    bound = (min_sparse_blocks - 1) * block_size + (length if extra_global is not None else 0)
     if extra_global is not None:
         full_query = full_query | F.pad(extra_global, (0, padded - length))
-    full_index, full_valid = global_slots(full_query)
+    full_index, full_valid = global_slots(full_query, bound)
+    counts = (num_blocks,) if keep is None else tuple(range(min_sparse_blocks, num_blocks + 1))
     return BlockLayout(block_size, length, num_blocks, row_blocks, short, global_block, global_index, key_real,
-                       extra_global, full_index, full_valid)
+                       extra_global, full_index, full_valid, counts)
 
 
 def _generator(seed: int, layer: int, num_blocks: int) -> torch.Generator:
@@ -130,6 +135,19 @@ def seeded_random_blocks(seed: int, layer: int, num_blocks: int, num_heads: int,
     return draw_random_blocks(seed, layer, num_blocks, num_heads, num_random, num_global, num_sliding)
 
 
+@torch.library.custom_op("hf_efficient::bigbird_random_blocks", mutates_args=())
+def compiled_random_blocks(seed: int, layer: int, num_blocks: int, num_heads: int, num_random: int, num_global: int,
+                           num_sliding: int) -> torch.Tensor:
+    """`seeded_random_blocks` as an operator that torch.compile keeps whole (its SHA-256 seeding is plain Python)."""
+    return seeded_random_blocks(seed, layer, num_blocks, num_heads, num_random, num_global, num_sliding).clone()
+
+
+@compiled_random_blocks.register_fake
+def _(seed: int, layer: int, num_blocks: int, num_heads: int, num_random: int, num_global: int,
+      num_sliding: int) -> torch.Tensor:
+    return torch.empty(num_heads, num_blocks, num_random, dtype=torch.long)
+
+
 def random_table(layout: BlockLayout, kv_heads: int, num_random: int,
                  pattern: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """(batch, kv_heads, blocks, r) long: each sparse row's random blocks; `pattern(n)` gives (kv_heads, n, r) for
@@ -139,6 +157,11 @@ def random_table(layout: BlockLayout, kv_heads: int, num_random: int,
     if num_random == 0:
         return table
     sparse_rows = ~layout.short
+    if torch.compiler.is_compiling():  # every row length the shapes allow, chosen per row without reading values
+        for blocks in layout.row_block_counts:
+            rows = (sparse_rows & (layout.row_blocks == blocks))[:, None, None, None]
+            table[:, :, :blocks] = torch.where(rows, pattern(blocks).to(device), table[:, :, :blocks])
+        return table
     for blocks in layout.row_blocks[sparse_rows].unique().tolist():
         rows = sparse_rows & (layout.row_blocks == blocks)
         table[rows, :, :blocks] = pattern(blocks).to(device)

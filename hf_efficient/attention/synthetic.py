@@ -145,10 +145,11 @@ class FactorizedDenseSynthesizer(nn.Module):
 
 class RandomSynthesizer(nn.Module):
     """R (heads, n, n): a parameter, or a persistent buffer when fixed (the same state-dict key `weight` either way).
-    Drawn N(0, std^2) from a seeded generator."""
+    Drawn N(0, std^2) from a seeded generator; `layer_idx` names the layer whose seed drew it."""
 
-    def __init__(self, trainable: bool, initial: torch.Tensor):
+    def __init__(self, trainable: bool, initial: torch.Tensor, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx
         if trainable:
             self.weight = nn.Parameter(initial)
         else:
@@ -168,10 +169,12 @@ class RandomSynthesizer(nn.Module):
 
 class FactorizedRandomSynthesizer(nn.Module):
     """R = R1 R2^T of rank k: `left` R1 and `right` R2, each (heads, n, k); parameters, or persistent buffers when
-    fixed. Drawn N(0, std^2 / sqrt(k)) so that the entries of R1 R2^T have variance std^2 like R's."""
+    fixed. Drawn N(0, std^2 / sqrt(k)) so that the entries of R1 R2^T have variance std^2 like R's; `layer_idx` names
+    the layer whose seed drew them."""
 
-    def __init__(self, trainable: bool, left: torch.Tensor, right: torch.Tensor):
+    def __init__(self, trainable: bool, left: torch.Tensor, right: torch.Tensor, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx
         if trainable:
             self.left, self.right = nn.Parameter(left), nn.Parameter(right)
         else:

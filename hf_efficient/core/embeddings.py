@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from .configuration import EfficientConfig
+from .configuration import STATIC_ROPE_TYPES, EfficientConfig
 from .layers import build_norm
 
 
@@ -46,7 +46,6 @@ class EfficientEmbeddings(nn.Module):
         return self.project(hidden) if self.project is not None else hidden
 
 
-LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}  # they recompute frequencies per input length
 
 
 class EfficientRotaryEmbedding(nn.Module):
@@ -60,9 +59,8 @@ class EfficientRotaryEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.rope_type = config.rope_parameters.get("rope_type", "default")
-        if self.rope_type in LENGTH_DEPENDENT_ROPE or self.rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
-            static = sorted(set(ROPE_INIT_FUNCTIONS) - LENGTH_DEPENDENT_ROPE | {"default"})
-            raise ValueError(f"rope_type {self.rope_type!r} is not supported here; use one of {static}.")
+        if self.rope_type not in STATIC_ROPE_TYPES:
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported here; use one of {STATIC_ROPE_TYPES}.")
         initialise = ROPE_INIT_FUNCTIONS.get(self.rope_type, self.compute_default_rope_parameters)
         inv_freq, self.attention_scaling = initialise(config)
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)

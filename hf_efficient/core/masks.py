@@ -1,4 +1,7 @@
-"""The package's one mask convention: boolean keep-masks of shape (batch, seq), validated once at the model's door."""
+"""The package's one mask convention: boolean keep-masks of shape (batch, seq), validated once at the model's door.
+
+Under torch.compile the checks on mask values run as graph ops (`torch._assert_async`) and the shortcuts that drop an
+all-ones padding mask or an all-zeros global mask are skipped: branching on tensor values would break the graph."""
 
 import torch
 
@@ -11,8 +14,12 @@ def as_bool_mask(mask: torch.Tensor, batch: int, length: int, name: str, meaning
             f"{meaning}. 3D/4D or additive (0/-inf) masks are not accepted."
         )
     if mask.dtype != torch.bool:
-        if ((mask != 0) & (mask != 1)).any():
-            raise ValueError(f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted.")
+        binary = ((mask == 0) | (mask == 1)).all()
+        message = f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted."
+        if torch.compiler.is_compiling():  # a value check without a graph break (raises RuntimeError when run)
+            torch._assert_async(binary, message)
+        elif not binary:
+            raise ValueError(message)
         mask = mask.bool()
     return mask
 
@@ -23,6 +30,8 @@ def validate_keep_mask(mask: torch.Tensor | None, batch: int, length: int, name:
         return None
     meaning = "1 for tokens to attend to, 0 for padding; the model adds causality and its sparsity pattern itself"
     mask = as_bool_mask(mask, batch, length, name, meaning)
+    if torch.compiler.is_compiling():  # dropping an all-ones mask is a shortcut, and a data-dependent branch
+        return mask
     return None if bool(mask.all()) else mask
 
 
@@ -32,6 +41,8 @@ def validate_global_mask(mask: torch.Tensor | None, batch: int, length: int) -> 
         return None
     meaning = "1 on the tokens that attend everywhere and are attended to by every token"
     mask = as_bool_mask(mask, batch, length, "global_attention_mask", meaning)
+    if torch.compiler.is_compiling():
+        return mask
     return mask if bool(mask.any()) else None
 
 

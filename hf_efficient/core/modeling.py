@@ -19,6 +19,9 @@ from .state_cache import StateCache, refit_state_cache
 
 logger = logging.get_logger(__name__)
 
+# output_attentions above this many bytes of weights logs what it costs
+LARGE_ATTENTION_WEIGHTS = 256 * 2**20
+
 
 # arguments a forward may get and need not use: `generate()` of some transformers versions passes cache_position
 # (positions here come from the cache's length); callers pass use_cache=False to heads that never cache
@@ -58,6 +61,20 @@ class EfficientPreTrainedModel(PreTrainedModel):
         if isinstance(module, EfficientRMSNorm):
             init.ones_(module.weight)
 
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """transformers' initialisation of what a checkpoint lacked or held at another size (`from_pretrained`): the
+        variants' `_init_weights` redraw seeded tensors (`EfficientModel.seeded_tensors`) from the config's seed, as a
+        fresh model of that config draws them; a warning names them."""
+        seeded = getattr(self.base_model, "seeded_tensors", ())
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        rebuilt = [name for name, tensor in tensors
+                   if name.endswith(seeded) and not getattr(tensor, "_is_hf_initialized", False)]
+        super()._initialize_missing_keys(is_quantized)
+        if rebuilt:
+            shown = ", ".join(rebuilt[:4]) + (f" and {len(rebuilt) - 4} more" if len(rebuilt) > 4 else "")
+            logger.warning(f"{shown}: not in the checkpoint or of another size; rebuilt from the config's seed, as a "
+                           f"fresh {type(self).__name__} of this config draws them.")
+
 
 class EfficientPooler(nn.Module):
     """BERT's pooler: act(W h_first + b), act = tanh (BERT/RoBERTa), relu (DistilBERT) or gelu (ELECTRA)."""
@@ -79,6 +96,9 @@ class EfficientModel(EfficientPreTrainedModel):
     # the error when given another kind of cache)
     state_cache: type[StateCache] | None = None
     state_cache_refusal: str = ""
+    # suffixes of the names of tensors drawn from the config's seed (random features, fixed random tables): a checkpoint
+    # that lacks them, or holds them at another size, loads with them redrawn by `_init_weights`, and says so
+    seeded_tensors: tuple[str, ...] = ()
 
     def __init__(self, config: EfficientConfig):
         config.validate_backbone()
@@ -119,7 +139,14 @@ class EfficientModel(EfficientPreTrainedModel):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
-        """`cache` (or its pre-5.24 name `past_key_values`) is the decoding cache of causal models."""
+        """The backbone over `input_ids` (or `inputs_embeds`) of shape (batch, seq), with the package's masks:
+        `attention_mask` a (batch, seq) 0/1 padding mask, `global_attention_mask` (batch, seq) 1 on global tokens.
+
+        `output_attentions=True` runs every layer's naive reference path and returns its weights: batch x heads x
+        seq x keys numbers per layer (keys = seq for most variants), N^2 memory that the efficient paths never
+        form (2.25 GiB at 2048 tokens, batch 1, 12 heads, 12 layers, fp32); a warning gives the size when it
+        exceeds 256 MiB. `cache` (or its pre-5.24 name `past_key_values`) is the decoding cache of causal models.
+        """
         refuse_unknown_kwargs(self, kwargs)
         past_key_values = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
@@ -130,6 +157,9 @@ class EfficientModel(EfficientPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
+        if batch == 0 or length == 0:
+            raise ValueError(f"The input has shape (batch, sequence) = ({batch}, {length}); pass at least one row of "
+                             "at least one token.")
 
         global_keep = self.global_tokens(validate_global_mask(global_attention_mask, batch, length), batch, length,
                                          past_key_values is not None, device)
@@ -140,6 +170,8 @@ class EfficientModel(EfficientPreTrainedModel):
             )
         past_key_values = self._resolve_cache(past_key_values, use_cache, global_keep is not None)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if output_attentions and not torch.compiler.is_compiling():
+            self._warn_attention_weights(batch, length, past_length + length)
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, -1)
         self._check_positions(position_ids, past_length + length)
@@ -150,7 +182,8 @@ class EfficientModel(EfficientPreTrainedModel):
             )
         if global_keep is not None and keep is not None:  # a padding token is never global
             global_keep = global_keep & keep[:, -length:]
-            global_keep = global_keep if bool(global_keep.any()) else None
+            if not torch.compiler.is_compiling():  # dropping an all-False mask is a data-dependent shortcut
+                global_keep = global_keep if bool(global_keep.any()) else None
 
         hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
         position_embeddings = self.rotary(hidden, position_ids) if self.rotary is not None else None
@@ -182,6 +215,23 @@ class EfficientModel(EfficientPreTrainedModel):
             attentions=tuple(all_weights) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def attention_weight_columns(self, keys: int) -> int:
+        """The last dimension of the weights `output_attentions` returns, for `keys` keys (variants override)."""
+        return keys
+
+    def _warn_attention_weights(self, batch: int, length: int, keys: int) -> None:
+        """Say what output_attentions costs when it is large: the weights of every layer are kept."""
+        config, element = self.config, torch.finfo(self.dtype).bits // 8
+        columns = self.attention_weight_columns(keys)
+        size = batch * config.num_attention_heads * length * columns * config.num_hidden_layers * element
+        if size > LARGE_ATTENTION_WEIGHTS:
+            logger.warning_once(
+                f"output_attentions=True materialises {size / 2**30:.2f} GiB of attention weights (batch {batch} x "
+                f"{config.num_attention_heads} heads x {length} x {columns} x {config.num_hidden_layers} layers x "
+                f"{element} bytes) through every layer's naive reference path, which the efficient paths avoid. "
+                "Leave output_attentions off unless you need the weights, or pass a shorter input."
+            )
 
     def global_tokens(self, global_keep: torch.Tensor | None, batch: int, length: int, decoding: bool,
                       device: torch.device) -> torch.Tensor | None:
@@ -216,9 +266,11 @@ class EfficientModel(EfficientPreTrainedModel):
         if self.config.position_embedding_type != "absolute":
             return
         limit = self.config.max_position_embeddings
-        if total_length > limit or int(position_ids.max()) >= limit:
-            raise ValueError(
-                f"The input needs positions up to {max(total_length, int(position_ids.max()) + 1)} but this model "
-                f"has max_position_embeddings={limit}. Truncate the input (tokenizer truncation=True, "
-                f"max_length={limit}) or convert the model with a larger --max-length."
-            )
+        advice = (f"this model has max_position_embeddings={limit}. Truncate the input (tokenizer truncation=True, "
+                  f"max_length={limit}) or convert the model with a larger --max-length.")
+        if total_length > limit:  # a shape check: plain Python, also under torch.compile
+            raise ValueError(f"The input needs positions up to {total_length} but {advice}")
+        if torch.compiler.is_compiling():  # a value check without a graph break (raises RuntimeError when run)
+            torch._assert_async(position_ids.max() < limit, f"position_ids reach past the table: {advice}")
+        elif int(position_ids.max()) >= limit:
+            raise ValueError(f"The input needs positions up to {int(position_ids.max()) + 1} but {advice}")

@@ -15,6 +15,19 @@ TINY = dict(
     attention_probs_dropout_prob=0.0,
     pad_token_id=0,
 )
+# a value each backbone field must refuse (a ValueError naming the field) wherever a config is made or loaded;
+# tests/test_validation.py fails for a field of a variant's config without one here or in its tester's bad_values
+BACKBONE_BAD_VALUES = dict(
+    vocab_size=0, hidden_size=0, num_hidden_layers=0, num_attention_heads=0, num_key_value_heads=3, head_dim=0,
+    intermediate_size=-1, hidden_act="bogus", mlp_type="bogus", norm_type="bogus", norm_position="middle",
+    layer_norm_eps=-1.0, attention_bias="yes", mlp_bias="yes", position_embedding_type="bogus",
+    max_position_embeddings=0, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+    type_vocab_size=-1, embedding_norm="yes", embedding_size=0, hidden_dropout_prob=1.5,
+    attention_probs_dropout_prob=-0.1, classifier_dropout=1.0, initializer_range=-0.02, is_causal="yes",
+    use_pooler="yes", pooler_act="bogus", classifier_pooling="middle", masked_lm_transform="yes", lm_head_bias=1,
+    tie_word_embeddings="yes", pad_token_id=-1, bos_token_id=1.5, eos_token_id=[2, "3"], use_cache="yes",
+    attention_backend="bogus",
+)
 # the three backbone styles every variant must run in (where the mechanism allows the direction)
 STYLES = {
     "bert": dict(),
@@ -41,6 +54,8 @@ class VariantTester:
     # further settings of the mechanism (overrides of `mechanism`) that the padding tests also run: those whose
     # pattern or tables depend on absolute positions in another way than the tester's own setting
     padding_settings: tuple[dict, ...] = ()
+    # a value each of the variant's own knobs must refuse (see BACKBONE_BAD_VALUES)
+    bad_values: dict = field(default_factory=dict)
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient

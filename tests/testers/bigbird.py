@@ -7,4 +7,6 @@ TESTER = VariantTester(
     mechanism=dict(block_size=4, num_random_blocks=1),
     cpu_backends=("blocked",),
     gpu_backends=("flex",),
+    bad_values=dict(block_size=0, num_sliding_blocks=2, num_random_blocks=-1, num_global_blocks=-1, seed="x",
+                    resample_random_blocks_in_training="yes"),
 )

@@ -7,4 +7,5 @@ TESTER = VariantTester(
     mechanism=dict(projected_length=8, projection_sharing="layerwise", projection_init="random"),
     cpu_backends=("blocked",),
     gpu_backends=(),  # the blocked path is plain matmuls and is also the GPU path
+    bad_values=dict(projected_length=0, projection_sharing="bogus", projection_init="bogus", identity_projection="yes"),
 )

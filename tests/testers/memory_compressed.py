@@ -8,4 +8,6 @@ TESTER = VariantTester(
     mechanism=dict(block_size=8, compression_factor=3, compression_init="random"),
     cpu_backends=("blocked",),
     gpu_backends=(),  # the blocked path (sdpa / cuBLAS) is also the GPU path: see attention/memory_compressed.py
+    bad_values=dict(attention_layer_types=["local", "bogus"], block_size=0, compression_factor=0,
+                    compression_init="bogus", identity_compression="yes"),
 )

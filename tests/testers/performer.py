@@ -14,4 +14,6 @@ TESTER = VariantTester(
     # 5.2e-3..7.3e-3, llama 6.8e-3..9.2e-3 (the 8-feature models are 7.8e-3..0.32 off). FAVOR+ is an unbiased
     # estimate with error ~ 1/sqrt(m), so no setting is exact: 2e-2 is about twice the worst measured figure.
     degenerate_tolerance=2e-2,
+    bad_values=dict(nb_features=0, kernel="bogus", orthogonal_features="yes", feature_norms="bogus", feature_seed=-1,
+                    chunk_size=0),
 )

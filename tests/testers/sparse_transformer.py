@@ -9,4 +9,5 @@ TESTER = VariantTester(
     gpu_backends=("flex",),
     # the fixed pattern (the config's default) cuts positions into absolute blocks; strided is relative
     padding_settings=(dict(pattern="fixed", num_summary=2), dict(pattern="fixed", combination="heads")),
+    bad_values=dict(pattern="bogus", local_size=0, num_summary=0, combination="bogus"),
 )

@@ -10,4 +10,7 @@ TESTER = VariantTester(
     gpu_backends=(),  # the blocked path is matmuls + sdpa and is also the GPU path
     # the factorized tables, and the pure synthetic path (its own softmax, no dot product)
     padding_settings=(dict(synthesizer_type="factorized_dense+factorized_random", mixture_weights=None),),
+    bad_values=dict(synthesizer_type="bogus", mixture_weights=[1.0], mixture_trainable="yes", random_trainable="yes",
+                    random_init_std=0.0, factorized_random_rank=0, factorized_dense_a=0, dense_hidden_size=0, seed=-1,
+                    dot_product_only="yes"),
 )

@@ -11,6 +11,7 @@ from ...attention.block_sparse import (
     block_sparse_flex,
     block_sparse_reference,
     block_table,
+    compiled_random_blocks,
     draw_random_blocks,
     flex_block_mask,
     flex_tile,
@@ -60,7 +61,8 @@ class EfficientBigBirdAttention(EfficientAttention):
         arguments = (self.layer_idx, num_blocks, self.num_key_value_heads, config.num_random_blocks,
                      config.num_global_blocks, config.num_sliding_blocks)
         if draw is None:
-            return seeded_random_blocks(config.seed, *arguments)
+            seeded = compiled_random_blocks if torch.compiler.is_compiling() else seeded_random_blocks
+            return seeded(config.seed, *arguments)
         return draw_random_blocks(draw, *arguments)
 
     def structural_flex_mask(self, batch: int, length: int, device: torch.device, tile: int):
@@ -104,7 +106,7 @@ class EfficientBigBirdAttention(EfficientAttention):
         if "bigbird_layout" not in shared_state:
             layout = block_layout(attention_mask, global_attention_mask, batch, length, config.block_size,
                                   config.num_global_blocks, config.min_sparse_blocks, hidden_states.device)
-            if bool(layout.short.any()):
+            if not torch.compiler.is_compiling() and bool(layout.short.any()):
                 logger.warning_once(
                     f"EfficientBigBird: inputs of fewer than {config.min_sparse_blocks} blocks of {config.block_size} "
                     "tokens are too short for the block-sparse pattern and use exact full attention."

@@ -163,6 +163,9 @@ class EfficientLinformerModel(EfficientModel):
     config_class = EfficientLinformerConfig
     attention_class = EfficientLinformerAttention
 
+    def attention_weight_columns(self, keys: int) -> int:
+        return keys if self.config.identity_projection else self.config.projected_length
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, LengthProjection):

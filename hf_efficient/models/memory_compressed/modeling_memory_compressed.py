@@ -223,6 +223,9 @@ class EfficientMemoryCompressedModel(EfficientModel):
     state_cache = CompressedMemoryCache
     state_cache_refusal = "T-DMCA decoding, which keeps blocks and compressed slots per layer"
 
+    def attention_weight_columns(self, keys: int) -> int:
+        return keys + -(-keys // self.config.effective_compression_factor)  # the raw keys, then the slots
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, SequenceCompression):

@@ -1,7 +1,6 @@
 """Configuration of EfficientPerformer (Choromanski et al., "Rethinking Attention with Performers", 2009.14794)."""
 
 import math
-from typing import Any
 
 from ...core.configuration import EfficientConfig
 
@@ -37,7 +36,7 @@ class EfficientPerformerConfig(EfficientConfig):
 
     has_compiled_path = True
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def validate_mechanism(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel={self.kernel!r} is not supported; use one of {KERNELS}.")
         if self.feature_norms not in FEATURE_NORMS:
@@ -47,12 +46,11 @@ class EfficientPerformerConfig(EfficientConfig):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{field}={value!r}: use a positive integer" + (
                     " (or None for the paper's head_dim * ln(head_dim))." if field == "nb_features" else ", e.g. 128."))
-        if not isinstance(self.feature_seed, int) or self.feature_seed < 0:
+        if isinstance(self.feature_seed, bool) or not isinstance(self.feature_seed, int) or self.feature_seed < 0:
             raise ValueError(f"feature_seed={self.feature_seed!r}: use a non-negative integer.")
         if self.attention_backend == "flex":
             raise ValueError("FAVOR+ has no FlexAttention path (it never forms the attention matrix); use "
                              "attention_backend='auto', 'compiled' (torch.compile, CUDA) or 'blocked' (PyTorch).")
-        super().__post_init__(**kwargs)
         if self.nb_features is None:
             self.nb_features = max(1, int(self.head_dim * math.log(self.head_dim)))
 

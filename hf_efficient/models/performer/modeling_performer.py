@@ -4,6 +4,7 @@ import functools
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.utils import logging
 
 from ...attention.compiled import run_compiled
@@ -187,6 +188,12 @@ class EfficientPerformerModel(EfficientModel):
     attention_class = EfficientPerformerAttention
     state_cache = FavorCache
     state_cache_refusal = "EfficientPerformer, which decodes from its FAVOR+ prefix state"
+    seeded_tensors = ("self_attn.random_features",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, EfficientPerformerAttention):  # at load: features the checkpoint lacked or resized
+            init.copy_(module.random_features, module.draw_features(self.config.feature_seed))
 
     def redraw_features(self, seed: int | None = None) -> None:
         """Redraw every layer's random features (layer l from seed * 100003 + l; a fresh seed when None)."""
@@ -194,11 +201,14 @@ class EfficientPerformerModel(EfficientModel):
 
 
 def redraw_features(model: nn.Module, seed: int | None = None) -> None:
-    """Redraw the random features of every FAVOR+ layer in `model` (a bare model or any head)."""
+    """Redraw the random features of every FAVOR+ layer in `model` (a bare model or any head) and store the seed as
+    the config's feature_seed, from which a checkpoint that lacks them rebuilds them."""
     seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
     for module in model.modules():
         if isinstance(module, EfficientPerformerAttention):
             module.redraw_features(seed)
+    if hasattr(model, "config"):
+        model.config.feature_seed = seed
 
 
 class EfficientPerformerForMaskedLM(EfficientForMaskedLM):

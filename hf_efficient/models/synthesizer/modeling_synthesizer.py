@@ -65,10 +65,12 @@ def build_synthesizers(config: EfficientSynthesizerConfig, layer_idx: int) -> nn
                                                             *config.factorized_dense_sizes)
         elif component == "random":
             modules[component] = RandomSynthesizer(config.random_trainable,
-                                                   *draw_random_tables(config, layer_idx, component))
+                                                   *draw_random_tables(config, layer_idx, component),
+                                                   layer_idx=layer_idx)
         elif component == "factorized_random":
             modules[component] = FactorizedRandomSynthesizer(config.random_trainable,
-                                                             *draw_random_tables(config, layer_idx, component))
+                                                             *draw_random_tables(config, layer_idx, component),
+                                                             layer_idx=layer_idx)
     return nn.ModuleDict(modules)
 
 
@@ -242,6 +244,8 @@ def synthesizer_parameters_for_conversion(weights: dict[str, torch.Tensor],
 class EfficientSynthesizerModel(EfficientModel):
     config_class = EfficientSynthesizerConfig
     attention_class = EfficientSynthesizerAttention
+    seeded_tensors = ("synthesizers.random.weight", "synthesizers.factorized_random.left",
+                      "synthesizers.factorized_random.right")
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -258,15 +262,14 @@ class EfficientSynthesizerModel(EfficientModel):
             init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, EfficientSynthesizerAttention):
-            for component in RANDOM_COMPONENTS:
-                if component in module.synthesizers:
-                    tables = draw_random_tables(self.config, module.layer_idx, component)
-                    for tensor, table in zip(module.synthesizers[component].state_dict().values(), tables,
-                                             strict=True):
-                        init.copy_(tensor, table)
-            if module.mixture_weights is not None:
-                init.copy_(module.mixture_weights, torch.tensor(self.config.resolved_mixture_weights))
+        elif isinstance(module, (RandomSynthesizer, FactorizedRandomSynthesizer)):
+            # the module that holds the tables: transformers initialises what a checkpoint lacked module by module
+            random = isinstance(module, RandomSynthesizer)
+            tables = draw_random_tables(self.config, module.layer_idx, "random" if random else "factorized_random")
+            for tensor, table in zip((module.weight,) if random else (module.left, module.right), tables, strict=True):
+                init.copy_(tensor, table)
+        elif isinstance(module, EfficientSynthesizerAttention) and module.mixture_weights is not None:
+            init.copy_(module.mixture_weights, torch.tensor(self.config.resolved_mixture_weights))
 
     @torch.no_grad()
     def redraw_random_synthesizers(self, seed: int | None = None) -> int:
