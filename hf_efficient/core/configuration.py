@@ -22,7 +22,7 @@ _CHOICES = {
     "position_embedding_type": ("absolute", "rotary", "none"),
     "mlp_type": ("standard", "gated"),
     "classifier_pooling": ("first", "last"),
-    "attention_backend": ("auto", "reference", "blocked", "flex", "compiled"),
+    "attention_backend": ("auto", "reference", "blocked", "flex", "compiled", "fla"),
     "pooler_act": ("tanh", "relu", "gelu"),
 }
 
@@ -32,11 +32,12 @@ class EfficientConfig(PreTrainedConfig):
 
     Defaults are BERT-base's. `attention_backend` picks the attention path: "auto" takes the GPU fast path on
     CUDA and the memory-efficient PyTorch path elsewhere; "reference" is the naive O(N^2) path kept for tests;
-    "flex" (FlexAttention) and "compiled" (torch.compile of the blocked path) are the GPU fast paths of the
-    variants that have them.
+    "flex" (FlexAttention), "compiled" (torch.compile of the blocked path) and "fla" (flash-linear-attention's
+    kernels, optional) are the GPU fast paths of the variants that have them.
     """
 
     has_compiled_path = False  # a class attribute (not a config field): the variant has a "compiled" backend
+    has_fla_path = False  # likewise for the "fla" backend
 
     # sizes
     vocab_size: int = 30522
@@ -125,6 +126,10 @@ class EfficientConfig(PreTrainedConfig):
         if self.attention_backend == "compiled" and not type(self).has_compiled_path:
             raise ValueError(f"attention_backend='compiled' is a torch.compile path that {type(self).__name__} does "
                              "not have. Use 'auto' (the variant's GPU fast path on CUDA), 'blocked' or 'reference'.")
+        if self.attention_backend == "fla" and not type(self).has_fla_path:
+            raise ValueError(f"attention_backend='fla' (flash-linear-attention's kernels) serves causal linear "
+                             f"attention only; {type(self).__name__} has no such path. Use 'auto', 'blocked' or "
+                             "'reference'.")
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                       "max_position_embeddings", "head_dim", "num_key_value_heads", "embedding_size"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
