@@ -48,6 +48,9 @@ class EfficientLinearTransformerAttention(EfficientAttention):
         self.eps = config.linear_attention_eps
         self.chunk_size = config.causal_chunk_size
 
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        return self.choose_backend(hidden_states, output_attentions, gpu_backend="compiled")
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -62,7 +65,7 @@ class EfficientLinearTransformerAttention(EfficientAttention):
         keep = None if attention_mask is None else attention_mask[:, -length:]  # this call's tokens
         state_layer = None if past_key_values is None else past_key_values.layers[self.layer_idx]
         initial_state = None if state_layer is None else state_layer.current()
-        backend = self.choose_backend(hidden_states, output_attentions, gpu_backend="compiled")
+        backend = self.backend(hidden_states, output_attentions)
         if backend in ("compiled", "fla") and not query.is_cuda:
             raise ValueError(f"attention_backend={backend!r} runs on CUDA only; use 'auto' or 'blocked' on this "
                              "device.")
