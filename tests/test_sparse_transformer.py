@@ -31,6 +31,7 @@ from hf_efficient.attention.factorized import (
     factorized_blocked,
     factorized_flex,
     factorized_reference,
+    fixed_compact,
     flex_block_mask,
     head_factors,
     pattern_keep,
@@ -191,28 +192,41 @@ def test_flex_block_mask_matches_the_reference_on_cpu(pattern, combination, caus
 STRIDED_GRID = list(itertools.product(["alternate", "merged", "heads"], [False, True]))
 
 
-@pytest.mark.parametrize("length", [45, 50])
-@pytest.mark.parametrize(("combination", "causal"), STRIDED_GRID)
-def test_strided_grid_equals_the_reference_on_cpu(combination, causal, length):
-    """The GPU form of the strided pattern (A1 band + A2 along the grid's columns, merged by log-sum-exp) run with
-    eager FlexAttention on CPU (forward only) = the dense masked reference: padded batch, grouped KV heads (the
-    "heads" split inside a group), lengths a multiple of l = 5 and not, every layer kind of the combination."""
+def gpu_form(attention, query, key, value, keep, compiled=True):
+    """The CUDA path of the layer's pattern: `strided_grid` or `fixed_compact`."""
+    config = attention.config
+    if config.pattern == "strided":
+        return strided_grid(attention, query, key, value, keep, attention.factors, config.local_size,
+                            config.is_causal, compiled=compiled)
+    return fixed_compact(attention, query, key, value, keep, attention.factors, config.local_size, config.num_summary,
+                         config.is_causal, compiled=compiled)
+
+
+@pytest.mark.parametrize("length", [3, 45, 50])
+@pytest.mark.parametrize(("pattern", "combination", "causal"), GRID)
+def test_gpu_forms_equal_the_reference_on_cpu(pattern, combination, causal, length):
+    """The GPU forms (strided: A1 band + A2 along the grid's columns; fixed: own block + compact summary columns;
+    merged by log-sum-exp) run with eager FlexAttention on CPU (forward only) = the dense masked reference: padded
+    batch, grouped KV heads (the "heads" split inside a group), lengths below l = 5, a multiple of it and not,
+    every layer kind of the combination."""
     generator = torch.Generator().manual_seed(length)
     batch, heads, dim = 2, 4, 8
     query = torch.randn(batch, heads, length, dim, generator=generator)
     key, value = (torch.randn(batch, 2, length, dim, generator=generator) for _ in range(2))
-    config = grid_config("strided", combination, causal, hidden_size=32, num_key_value_heads=2)
+    config = grid_config(pattern, combination, causal, hidden_size=32, num_key_value_heads=2)
     model = EfficientSparseTransformerModel(config)
-    for keep in (None, torch.ones(batch, length, dtype=torch.bool).index_fill(1, torch.arange(30, length), False)):
+    padded = torch.ones(batch, length, dtype=torch.bool)
+    padded[1, 2 * length // 3:] = False
+    for keep in (None, padded):
         for layer in (0, 1):  # A1 then A2 when alternating
             attention = model.layers[layer].self_attn
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                grid = strided_grid(attention, query, key, value, keep, attention.factors, 5, causal, compiled=False)
+                fast = gpu_form(attention, query, key, value, keep, compiled=False)
             reference, _ = factorized_reference(attention, query, key, value, keep, attention.factors,
                                                 *attention.settings)
             real = torch.ones(batch, length, dtype=torch.bool) if keep is None else keep
-            torch.testing.assert_close(grid[real], reference[real], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast[real], reference[real], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -243,14 +257,16 @@ def test_strided_grid_columns_alone_equal_the_reference_outputs_and_gradients(ca
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
-@pytest.mark.parametrize(("combination", "causal"), STRIDED_GRID)
-def test_strided_grid_equals_blocked_at_model_scale(combination, causal):
-    """The CUDA path (strided on the grid, compiled FlexAttention) against the blocked path: head dim 32, l = 32,
-    1000 tokens (a partial last grid row), a padded batch, fp32, outputs and every gradient."""
+@pytest.mark.parametrize(("pattern", "combination", "causal"), GRID)
+def test_gpu_forms_equal_blocked_at_model_scale(pattern, combination, causal):
+    """The CUDA path (compiled FlexAttention: strided on the grid, fixed with compact summary columns) against the
+    blocked path: head dim 32, l = 32, c = 8, 1000 tokens (a partial last block), a padded batch, fp32, outputs and
+    every gradient."""
     torch.backends.cuda.matmul.allow_tf32 = False
     style = LLAMA if causal else {}
-    config = EfficientSparseTransformerConfig(**{**SMALL, **style, "pattern": "strided", "combination": combination,
-                                                 "local_size": 32, "hidden_size": 128, "max_position_embeddings": 1024})
+    config = EfficientSparseTransformerConfig(**{**SMALL, **style, "pattern": pattern, "combination": combination,
+                                                 "local_size": 32, "num_summary": 8, "hidden_size": 128,
+                                                 "max_position_embeddings": 1024})
     torch.manual_seed(0)
     model = EfficientSparseTransformerModel(config).cuda().train()
     ids = torch.randint(1, 61, (2, 1000), device="cuda")

@@ -26,9 +26,10 @@ keys; the paper only uses it next to A1). Three paths compute the same function:
   positions (each residue class a dense sequence of N / l tokens: SDPA alone, FlexAttention with its log-sum-exp
   when merged with A1, the two merged exactly). Time O(N (l + N / l) d) per head, no tile of the N x N plane that
   the pattern leaves empty is touched (in the original layout strided A2 hits nearly every tile).
-* `factorized_flex` (GPU, fixed): a FlexAttention block mask of the pattern; memory O(N). Empty 128 x 128 tiles
-  are skipped, which makes A1 cheap; the summary columns recur in every block, so fixed A2 touches every tile below
-  the diagonal (dense causal time, O(N) memory).
+* `fixed_compact` (GPU, fixed): A1 FlexAttention over its block-diagonal BlockMask; A2's summary columns gathered
+  into one compact sequence of c N / l keys that FlexAttention scans under a staircase mask (over the original
+  layout the columns recur in every block and touch every tile below the diagonal). Time O(N (l + c N / l) d).
+* `factorized_flex`: FlexAttention over the whole pattern's BlockMask (`flex_block_mask`), the check of a mask.
 
 Deviations from the paper: the bidirectional extension above; j = i always kept; the paper's fixed-pattern
 refinement of giving each head a different subblock of c summary columns is not used (all heads share columns
@@ -462,3 +463,87 @@ def merge_by_lse(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.T
     (out_a, lse_a), (out_b, lse_b) = first, second
     weight = torch.sigmoid(lse_a - lse_b)
     return (out_a.float() * weight + out_b.float() * (1 - weight)).to(out_a.dtype)
+
+
+# ---------------------------------------------------------------- fixed with compact summary columns (GPU)
+
+
+def fixed_compact(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  keep: torch.Tensor | None, factors: tuple[str, ...], local_size: int, num_summary: int,
+                  causal: bool, masks: dict | None = None, compiled: bool = True) -> torch.Tensor:
+    """The fixed pattern for the GPU with its summary columns gathered: A1 (the own block) is FlexAttention over its
+    block-diagonal BlockMask; A2's keys, the last c positions of every block, are copied into one compact sequence of
+    S = c N / l keys, which FlexAttention scans with a staircase BlockMask (earlier blocks only, or all), so A2 costs
+    N S / 2 instead of the N^2 / 2 of its columns spread over every tile. Merged with A1 ("both") A2 takes the summary
+    keys outside the own block; alone it takes every earlier (causal) or every other summary key and the own key.
+    The parts' outputs are merged exactly by their log-sum-exps. q (batch, heads, N, d), k/v (batch, kv_heads, N, d)
+    -> (batch, N, heads, d); padding rows unspecified. `masks` and `compiled` as in `strided_grid`."""
+    batch, _, length, _ = query.shape
+    masks = {} if masks is None else masks
+    size, count = local_size, num_summary
+    summary = torch.arange(length, device=query.device)
+    summary = summary[summary.remainder(size) >= size - count]  # (S,) positions of the summary columns, in order
+
+    def cached(name, build):
+        if name not in masks:
+            masks[name] = build()
+        return masks[name]
+
+    def own_block():
+        return cached(("fixed_block", size, causal), lambda: flex_block_mask(
+            length, ("A1",), "fixed", size, count, causal, keep, query.device))
+
+    def summary_part(q, k, v, outside_own_block: bool):
+        mask = cached(("fixed_summary", size, count, causal, outside_own_block), lambda: summary_block_mask(
+            length, summary.numel(), size, count, causal, outside_own_block,
+            None if keep is None else keep[:, summary], query.device))
+        return flex_attend_lse(q, k[:, :, summary], v[:, :, summary], mask, attention.scaling, compiled)
+
+    def compute(q, k, v, factor):
+        if factor == "A1":
+            return flex_attend(q, k, v, own_block(), attention.scaling, compiled)
+        if factor == "both":
+            first = flex_attend_lse(q, k, v, own_block(), attention.scaling, compiled)
+        else:  # the own key alone: weight exp(q.k * scaling), value v
+            groups = q.shape[1] // k.shape[1]
+            own_key, own_value = repeat_kv(k, groups), repeat_kv(v, groups)
+            lse = (q.float() * own_key.float()).sum(-1, keepdim=True) * attention.scaling  # (batch, h, N, 1)
+            first = own_value.transpose(1, 2), lse.transpose(1, 2)
+        if not summary.numel():
+            return first[0]
+        return merge_by_lse(first, summary_part(q, k, v, outside_own_block=factor == "both"))
+
+    return split_heads_by_factor(compute, query, key, value, factors)
+
+
+def summary_block_mask(length: int, summaries: int, local_size: int, num_summary: int, causal: bool,
+                       outside_own_block: bool, key_ok: torch.Tensor | None, device: torch.device):
+    """Queries (N) against the compact summary keys (S): summary key s sits at position (s // c) l + l - c + s % c.
+    outside_own_block: keys of earlier blocks (causal) or of other blocks; else earlier positions (causal) or all,
+    the own position excluded (it is its own part). key_ok (batch, S) drops padding keys (None: cached)."""
+    if key_ok is None:
+        return _structural_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block,
+                                        str(device))
+    return _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, key_ok, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _structural_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, device: str):
+    return _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, None,
+                               torch.device(device))
+
+
+def _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, key_ok, device):
+    def mask_mod(b, h, q_idx, kv_idx):
+        if outside_own_block:
+            query_block = torch.div(q_idx, local_size, rounding_mode="floor")
+            key_block = torch.div(kv_idx, num_summary, rounding_mode="floor")
+            allowed = key_block < query_block if causal else key_block != query_block
+        else:
+            position = (torch.div(kv_idx, num_summary, rounding_mode="floor") * local_size + local_size
+                        - num_summary + kv_idx.remainder(num_summary))
+            allowed = position < q_idx if causal else position != q_idx
+        return allowed if key_ok is None else allowed & key_ok[b, kv_idx]
+
+    batch = None if key_ok is None else key_ok.shape[0]
+    return block_mask(mask_mod, batch, length, device, key_length=summaries)
