@@ -30,6 +30,16 @@ of those, else blocked (also the GPU path) against the naive reference.
 the whole logits, core/lm_loss.py); peers without a masked-LM head keep the script's cross-entropy.
 `--global-first-token` makes the first token global where the model has global attention (ours, transformers'
 Longformer).
+
+--causal makes it a causal-LM step (next-token cross-entropy on every position) of our variants that have a
+causal form (`is_causal=True`), against transformers' Llama (SDPA, dense causal) at the same sizes and the causal
+peers; --attention-backend forces our models' backend (rows named model@backend, e.g. to set
+flash-linear-attention's kernels against the default path):
+
+    python benchmarks/train_step.py --causal --models llama_sdpa,linear_transformer,performer,sparse_transformer \
+        --lengths 16k,64k --out DIR
+    python benchmarks/train_step.py --causal --models linear_transformer --attention-backend fla --lengths 16k,64k \
+        --append --out DIR
 """
 
 import argparse
@@ -108,6 +118,7 @@ class Setup:
     dtype: torch.dtype
     sizes: Sizes
     knobs: Knobs
+    causal: bool = False  # a causal-LM step (next-token loss) instead of the masked-LM step
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,7 @@ class ModelSpec:
     build: Callable[[int, Setup], nn.Module]
     unavailable: Callable[[Setup], str | None] = lambda setup: None
     note: Callable[[], str | None] = lambda: None  # said in the report's messages for rows that ran
+    modes: tuple[str, ...] = ("masked",)  # the steps it can run: "masked" (bidirectional), "causal"
 
 
 # ---------------------------------------------------------------- ours
@@ -146,23 +158,31 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
 }
 
 
-def our_spec(name: str, overrides: dict | None = None) -> ModelSpec:
+def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> ModelSpec:
     """Our model `name` with the paper's knobs (and config `overrides`): its masked-LM head, or its causal-LM head
-    (same shape, same loss here) when the overrides make it causal."""
+    (same shape) when the setup or the overrides make it causal. `suffix` is added to the row's name."""
     variant, knobs, label = OUR_VARIANTS[name]
     model_type = f"efficient_{variant}"
 
     def build(length: int, setup: Setup) -> nn.Module:
         entry = hf_efficient.VARIANTS[model_type]
-        config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs),
+        causal = {"is_causal": True} if setup.causal else {}
+        config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs), **causal,
                               **(overrides or {}))
         config._attn_implementation = "sdpa"  # our blocked paths call transformers' attention interface
         return entry.heads["causal_lm" if config.is_causal else "masked_lm"](config)
 
     def unavailable(setup: Setup) -> str | None:
-        return None if model_type in hf_efficient.VARIANTS else f"n.a.: no variant {model_type} in hf_efficient"
+        if model_type not in hf_efficient.VARIANTS:
+            return f"n.a.: no variant {model_type} in hf_efficient"
+        if setup.causal and not hf_efficient.VARIANTS[model_type].model.attention_class.supports_causal:
+            return f"n.a.: {variant} has no causal form"
+        return None
 
-    return ModelSpec(name, "ours", lambda k: f"ours: {variant} ({label.format(k=k)})", build, unavailable)
+    backend = f", attention_backend={overrides['attention_backend']}" if "attention_backend" in (overrides or {}) \
+        else ""
+    return ModelSpec(name + suffix, "ours", lambda k: f"ours: {variant} ({label.format(k=k)}{backend})", build,
+                     unavailable, modes=("masked", "causal"))
 
 
 def backbone(sizes: Sizes, length: int) -> dict:
@@ -179,6 +199,16 @@ def build_bert(length: int, setup: Setup) -> nn.Module:
     config = transformers.BertConfig(**backbone(setup.sizes, length))
     config._attn_implementation = "sdpa"
     return transformers.BertForMaskedLM(config)
+
+
+def build_llama(length: int, setup: Setup) -> nn.Module:
+    """transformers' Llama (SDPA: dense causal flash attention) at the same sizes: the dense causal anchor."""
+    sizes = setup.sizes
+    config = transformers.LlamaConfig(vocab_size=sizes.vocab, hidden_size=sizes.hidden, num_hidden_layers=sizes.layers,
+                                      num_attention_heads=sizes.heads, intermediate_size=sizes.intermediate,
+                                      max_position_embeddings=length, attention_dropout=0.0)
+    config._attn_implementation = "sdpa"
+    return transformers.LlamaForCausalLM(config)
 
 
 def build_hf_bigbird(length: int, setup: Setup) -> nn.Module:
@@ -376,6 +406,8 @@ def import_failure(module: str, needs_cuda: bool = False) -> Callable[[Setup], s
 SPECS = {spec.name: spec for spec in [
     *(our_spec(name) for name in OUR_VARIANTS),
     ModelSpec("bert_sdpa", "anchors", lambda k: "transformers BERT (SDPA, dense)", build_bert),
+    ModelSpec("llama_sdpa", "anchors", lambda k: "transformers Llama (SDPA, dense causal)", build_llama,
+              modes=("causal",)),
     ModelSpec("hf_bigbird", "anchors", lambda k: f"transformers BigBird (block sparse, block {k.block}, 3 random)",
               build_hf_bigbird),
     ModelSpec("hf_longformer", "anchors", lambda k: f"transformers Longformer (window {k.window})",
@@ -390,7 +422,7 @@ SPECS = {spec.name: spec for spec in [
     ModelSpec("fast_transformers", "peers", lambda k: "fast-transformers linear attention encoder",
               build_fast_transformers, import_failure("fast_transformers.builders"), fast_transformers_note),
     ModelSpec("fla_linear_attention", "peers", lambda k: "fla LinearAttention (causal, chunk kernel)",
-              build_fla_linear_attention, import_failure("fla.layers", needs_cuda=True)),
+              build_fla_linear_attention, import_failure("fla.layers", needs_cuda=True), modes=("masked", "causal")),
 ]}
 GROUPS = {group: [name for name, spec in SPECS.items() if spec.group == group]
           for group in ("ours", "anchors", "peers")}
@@ -440,15 +472,22 @@ def masked_lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
+def lm_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The same loss for every model (not each head's own): cross-entropy over the labelled 15% (masked-LM batches)
+    or over every next token (causal batches), in the logits' dtype."""
+    if batch.get("causal"):
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten())
+    return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+
+
 def masked_lm_loss(model: nn.Module, batch: dict, own_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Cross-entropy over the labelled 15%: the script's, the same for every model (logits in the run dtype), or
-    with `own_loss` the model head's own (labels given to the model; logits None where the head skips them)."""
+    """`lm_loss` of the model's logits, the same for every model (logits in the run dtype), and the logits; or with
+    `own_loss` the model head's own loss (labels given to the model; logits None where the head skips them)."""
     if own_loss and isinstance(model, transformers.PreTrainedModel):
         output = model(**model_inputs(model, batch, with_labels=True))
         return output.loss, output.logits
     logits = masked_lm_logits(model, batch)
-    loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
-    return loss, logits
+    return lm_loss(logits, batch), logits
 
 
 def timed_call(step: Callable[[], None], device: torch.device) -> float:
@@ -479,14 +518,15 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     against blocked; blocked, when it is the fast path, against the naive reference)."""
     fast = attention_backend_in_use(model, device)
     other = "blocked" if fast != "blocked" else "reference"
+    forced = model.config.attention_backend
     results = {}
     with torch.no_grad():
         for backend in (fast, other):
             model.config.attention_backend = backend
             logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits
-            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
+            loss = lm_loss(logits, batch).item()
             results[backend] = (loss, logits)
-    model.config.attention_backend = "auto"
+    model.config.attention_backend = forced
     (fast_loss, fast_logits), (other_loss, other_logits) = results[fast], results[other]
     relative = ((fast_logits - other_logits).norm() / other_logits.norm()).item()
     tolerance = 1e-2 if model.dtype == torch.bfloat16 else 1e-4  # relative; logits get 2x (layers of rounding)
@@ -501,6 +541,7 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
     torch.manual_seed(0)
     model = spec.build(length, setup).to(device, setup.dtype).train()
     batch = make_batch(length, setup.sizes.vocab, device, args.batch, args.global_first_token)
+    batch["causal"] = setup.causal
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -519,7 +560,6 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
                 record["check"] = check_backends(model, batch, device)
             except Exception as error:  # the timing goes on; the check's failure is the verdict
                 record["check"] = f"FAIL: could not compare ({describe(error)})"
-                model.config.attention_backend = "auto"
     repeats = args.repeats if length <= 8192 else max(1, args.repeats // 2)
     repeats = max(args.min_repeats, min(repeats, int(args.case_seconds / max(last, 1e-6))))
     if device.type == "cuda":
@@ -581,7 +621,10 @@ def run_model(spec: ModelSpec, lengths: list[int], setup: Setup, args, run_deadl
         record = {"model": spec.name, "group": spec.group, "label": spec.label(setup.knobs), "length": length,
                   "batch": args.batch, "sizes": args.sizes, "loss": args.loss}
         projected = last_first + 2 * last_steady  # the next length: compile again, steps up to twice as long
-        if unavailable:
+        mode = "causal" if setup.causal else "masked"
+        if mode not in spec.modes:
+            record |= {"status": "n.a.", "message": f"this row has no {mode}-LM step"}
+        elif unavailable:
             status, _, reason = unavailable.partition(": ")
             record |= {"status": status, "message": reason}
         elif skip_reason:
@@ -644,7 +687,7 @@ def cell(row: dict | None) -> str:
             "skipped: run budget": "not run"}.get(status, status)
 
 
-def markdown_report(rows: list[dict], versions: str) -> str:
+def markdown_report(rows: list[dict], versions: str, causal: bool = False) -> str:
     """Rows = models (in run order), columns = lengths; environment, backend checks, first calls and messages."""
     latest = {(row["model"], int(row["length"])): row for row in rows}  # a re-run (--append) replaces a cell
     models = list(dict.fromkeys(row["model"] for row in rows))
@@ -677,8 +720,9 @@ def markdown_report(rows: list[dict], versions: str) -> str:
         "# Train step: tokens/s and peak GPU memory", "",
         *[f"- environment: {line}" for line in environments],
         f"- peers installed: {versions}",
-        f"- one masked-LM train step, {shape}, dropout 0, weights cast to the dtype (no autocast); loss: {loss} on a "
-        f"random {MASKED_FRACTION:.0%} of tokens, backward, AdamW step",
+        f"- one {'causal' if causal else 'masked'}-LM train step, {shape}, dropout 0, weights cast to the dtype (no "
+        f"autocast); loss: {loss} " + ("on every next token" if causal else f"on a random {MASKED_FRACTION:.0%} of "
+                                       "tokens") + ", backward, AdamW step",
         "- tokens/s = N / median step time (CUDA events, after warm-up); GiB = torch.cuda.max_memory_allocated over "
         "the timed steps (weights, AdamW state, one step's activations); first call timed apart (below)",
         "", "## tokens/s / peak GiB", "", *table, "",
@@ -730,6 +774,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 2 layers, 256/512 tokens, scaled-down knobs")
+    parser.add_argument("--causal", action="store_true", help="causal-LM steps (ours causal, Llama as dense anchor)")
+    parser.add_argument("--attention-backend", help="force our models' attention_backend (rows named model@backend)")
     parser.add_argument("--layers", type=int, help="layers of every model (the sizes' own; --tiny 2)")
     parser.add_argument("--sizes", choices=sorted(SIZES), default="minilm",
                         help="minilm: 6 x 384, 12 heads; base: 12 x 768, 12 heads (BERT-base, longformer-base)")
@@ -748,7 +794,7 @@ def main() -> None:
 
     csv_path, report_path = args.out / CSV_NAME, args.out / REPORT_NAME
     if args.report_only:
-        report_path.write_text(markdown_report(read_rows(csv_path), package_versions()))
+        report_path.write_text(markdown_report(read_rows(csv_path), package_versions(), args.causal))
         print(report_path.read_text())
         return
     device = torch.device(args.device)
@@ -757,9 +803,14 @@ def main() -> None:
     args.warmup = args.warmup or (3 if on_gpu else 1)
     base_sizes = SIZES[args.sizes]
     sizes = dataclasses.replace(base_sizes, layers=args.layers or (2 if args.tiny else base_sizes.layers))
-    setup = Setup(device, dtype, sizes, TINY_KNOBS if args.tiny else PAPER_KNOBS)
+    setup = Setup(device, dtype, sizes, TINY_KNOBS if args.tiny else PAPER_KNOBS, args.causal)
     lengths = parse_lengths(args.lengths) if args.lengths else (TINY_LENGTHS if args.tiny else DEFAULT_LENGTHS)
     models = parse_models(args.models)
+    if args.attention_backend:  # our rows with the backend forced, under their own names
+        for name in [m for m in models if SPECS[m].group == "ours"]:
+            forced = our_spec(name, {"attention_backend": args.attention_backend}, f"@{args.attention_backend}")
+            SPECS[forced.name] = forced
+            models[models.index(name)] = forced.name
     for name, limit in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_recompile_limit", 4096)):
         if hasattr(torch._dynamo.config, name):  # flex is compiled with static shapes: one graph per length and mask
             setattr(torch._dynamo.config, name, limit)
@@ -783,8 +834,8 @@ def main() -> None:
         run_deadline = time.perf_counter() + args.max_total_seconds
         for name in models:
             run_model(SPECS[name], lengths, setup, args, run_deadline, write)
-            report_path.write_text(markdown_report(rows, versions))  # kept current if a later model is cut off
-    report = markdown_report(rows, versions)
+            report_path.write_text(markdown_report(rows, versions, args.causal))  # current if a model is cut off
+    report = markdown_report(rows, versions, args.causal)
     report_path.write_text(report)
     print(f"\nwritten {csv_path} and {report_path}\n\n{report}")
 

@@ -3,6 +3,7 @@ config errors and conversion from BERT / GPT-2 / Llama."""
 
 import pytest
 import torch
+from backend_agreement import assert_fast_path_within_rounding
 from test_conversion import save_tiny_bert
 from transformers import (
     AutoModel,
@@ -243,6 +244,7 @@ def test_output_attentions_are_the_normalised_kernel():
         (dict(linear_attention_eps="tiny"), "small positive"),
         (dict(causal_chunk_size=0), "positive integer"),
         (dict(causal_chunk_size=2.5), "positive integer"),
+        (dict(attention_backend="fla"), "bidirectional"),
     ],
 )
 def test_bad_config_says_what_to_change(overrides, message):
@@ -308,3 +310,94 @@ def test_causal_sources_convert_and_generate(tmp_path, family):
             next_token = model(input_ids=greedy, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             greedy = torch.cat([greedy, next_token], dim=1)
     assert torch.equal(generated, greedy)
+
+
+def test_causal_model_blocked_equals_reference_outputs_and_gradients():
+    """The chunk-parallel causal path of a Llama-style model (rotary, grouped KV heads, left and right padding,
+    lengths off the chunk size) = the explicit (N x N) form: outputs and every parameter's gradient, fp32."""
+    config = EfficientLinearTransformerConfig(**SMALL, **LLAMA, causal_chunk_size=4)
+    torch.manual_seed(7)
+    model = EfficientLinearTransformerForCausalLM(config)
+    ids = torch.randint(1, 61, (2, 23), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids)
+    mask[0, :3], mask[1, 17:] = 0, 0
+    labels = ids.masked_fill(mask == 0, -100)
+    results = {}
+    for backend in ("reference", "blocked"):
+        config.attention_backend = backend
+        model.zero_grad()
+        output = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=True)
+        output.loss.backward()
+        results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                   if p.grad is not None}
+    real = mask.bool()
+    torch.testing.assert_close(results["blocked"][0][real], results["reference"][0][real], rtol=1e-5, atol=1e-5)
+    assert len(results["reference"][1]) == len(list(model.parameters()))
+    for name, grad in results["reference"][1].items():
+        torch.testing.assert_close(results["blocked"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "fla"])
+def test_gpu_backends_refuse_cpu_inputs_and_other_variants_refuse_fla(backend):
+    model = EfficientLinearTransformerModel(EfficientLinearTransformerConfig(**SMALL, **LLAMA,
+                                                                             attention_backend=backend))
+    with pytest.raises(ValueError, match="CUDA only"):
+        model(input_ids=torch.randint(1, 61, (1, 9)), use_cache=False)
+    with pytest.raises(ValueError, match="fla"):
+        hf_efficient.EfficientSparseTransformerConfig(attention_backend="fla")
+
+
+def llama_scale_model():
+    """MiniLM-like head dim 32 with grouped KV heads, 700 tokens (partial chunks), a padded batch, on CUDA."""
+    config = EfficientLinearTransformerConfig(**{**SMALL, **LLAMA, "hidden_size": 128, "num_attention_heads": 4,
+                                                 "max_position_embeddings": 1024})
+    torch.manual_seed(0)
+    model = EfficientLinearTransformerModel(config).cuda().train()
+    ids = torch.randint(1, 61, (2, 700), device="cuda")
+    mask = torch.ones(2, 700, dtype=torch.long, device="cuda")
+    mask[1, 650:] = 0
+    return model, {"input_ids": ids, "attention_mask": mask, "use_cache": False}, mask.bool()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_compiled_path_equals_blocked_at_model_scale():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, inputs, real = llama_scale_model()
+    assert_fast_path_within_rounding(model, "compiled", inputs, real)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_fla_path_equals_blocked_outputs_and_gradients():
+    """flash-linear-attention's kernel computes the numerator with TF32 products (its float32 mode), so the
+    output and every gradient are compared by relative norm: within 5e-3 of the blocked path (TF32 rounding is
+    ~1e-3; a wrong normaliser, mask or state is off by far more)."""
+    pytest.importorskip("fla.ops.linear_attn", reason="flash-linear-attention (fla-core) is not installed")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, inputs, real = llama_scale_model()
+    results = {}
+    for backend in ("blocked", "fla"):
+        model.config.attention_backend = backend
+        model.zero_grad()
+        hidden = model(**inputs).last_hidden_state[real]
+        (hidden**2).mean().backward()
+        results[backend] = {"output": hidden.detach()} | {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name, expected in results["blocked"].items():
+        error = ((results["fla"][name] - expected).norm() / expected.norm()).item()
+        assert error < 5e-3, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_compiled_path_generates_like_the_blocked_path():
+    backend = "compiled"
+    config = EfficientLinearTransformerConfig(**{**SMALL, **LLAMA, "hidden_size": 64})
+    torch.manual_seed(0)
+    model = EfficientLinearTransformerForCausalLM(config).cuda().eval()
+    ids = torch.randint(1, 61, (2, 30), device="cuda")
+    generated = {}
+    for name in ("blocked", backend):
+        config.attention_backend = name
+        generated[name] = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(generated[backend], generated["blocked"])

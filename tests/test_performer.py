@@ -316,14 +316,15 @@ def test_decoding_cost_does_not_grow_with_the_context():
 
 
 def test_chunked_causal_cost_is_linear_in_length():
-    """Doubling N doubles the chunked form's FLOPs (chunk 8 divides both lengths): no N^2 term."""
+    """4x the tokens cost at most 4x the FLOPs (an N^2 term would give 16x): the chunks' prefix sum is a scan of
+    fixed-size groups, linear in the number of chunks once there are more than a group of them."""
     flops = []
-    for length in (64, 128):
+    for length in (1024, 4096):
         query_features, key_features, log_scale, value = grouped_inputs(batch=1, length=length, features=16)
         with FlopCounterMode(display=False) as counter:
             favor_causal_chunked(query_features, key_features, log_scale, value, None, 8)
         flops.append(counter.get_total_flops())
-    assert flops[1] == 2 * flops[0]
+    assert 0 < flops[1] <= 4 * flops[0]
 
 
 def test_padded_batch_decodes_like_the_full_pass():

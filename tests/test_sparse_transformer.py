@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from backend_agreement import assert_fast_path_within_rounding
 from test_conversion import save_tiny_bert
 from transformers import (
     AutoModel,
@@ -30,9 +31,11 @@ from hf_efficient.attention.factorized import (
     factorized_blocked,
     factorized_flex,
     factorized_reference,
+    fixed_compact,
     flex_block_mask,
     head_factors,
     pattern_keep,
+    strided_grid,
 )
 from hf_efficient.conversion import convert
 from hf_efficient.core.cache_argument import returned_cache
@@ -184,6 +187,94 @@ def test_flex_block_mask_matches_the_reference_on_cpu(pattern, combination, caus
         flex = factorized_flex(query, key, value, block_mask, dim**-0.5, compiled=False)
     reference, _ = factorized_reference(attention, query, key, value, keep, attention.factors, *attention.settings)
     torch.testing.assert_close(flex[keep], reference[keep], rtol=1e-5, atol=1e-5)
+
+
+STRIDED_GRID = list(itertools.product(["alternate", "merged", "heads"], [False, True]))
+
+
+def gpu_form(attention, query, key, value, keep, compiled=True):
+    """The CUDA path of the layer's pattern: `strided_grid` or `fixed_compact`."""
+    config = attention.config
+    if config.pattern == "strided":
+        return strided_grid(attention, query, key, value, keep, attention.factors, config.local_size,
+                            config.is_causal, compiled=compiled)
+    return fixed_compact(attention, query, key, value, keep, attention.factors, config.local_size, config.num_summary,
+                         config.is_causal, compiled=compiled)
+
+
+@pytest.mark.parametrize("length", [3, 45, 50])
+@pytest.mark.parametrize(("pattern", "combination", "causal"), GRID)
+def test_gpu_forms_equal_the_reference_on_cpu(pattern, combination, causal, length):
+    """The GPU forms (strided: A1 band + A2 along the grid's columns; fixed: own block + compact summary columns;
+    merged by log-sum-exp) run with eager FlexAttention on CPU (forward only) = the dense masked reference: padded
+    batch, grouped KV heads (the "heads" split inside a group), lengths below l = 5, a multiple of it and not,
+    every layer kind of the combination."""
+    generator = torch.Generator().manual_seed(length)
+    batch, heads, dim = 2, 4, 8
+    query = torch.randn(batch, heads, length, dim, generator=generator)
+    key, value = (torch.randn(batch, 2, length, dim, generator=generator) for _ in range(2))
+    config = grid_config(pattern, combination, causal, hidden_size=32, num_key_value_heads=2)
+    model = EfficientSparseTransformerModel(config)
+    padded = torch.ones(batch, length, dtype=torch.bool)
+    padded[1, 2 * length // 3:] = False
+    for keep in (None, padded):
+        for layer in (0, 1):  # A1 then A2 when alternating
+            attention = model.layers[layer].self_attn
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = gpu_form(attention, query, key, value, keep, compiled=False)
+            reference, _ = factorized_reference(attention, query, key, value, keep, attention.factors,
+                                                *attention.settings)
+            real = torch.ones(batch, length, dtype=torch.bool) if keep is None else keep
+            torch.testing.assert_close(fast[real], reference[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_grid_columns_alone_equal_the_reference_outputs_and_gradients(causal):
+    """A2 alone on the grid is plain SDPA over the residue classes (forward and backward on any device): outputs and
+    gradients equal the dense reference's, with and without padding (l = 5, N = 45 and 47)."""
+    config = grid_config("strided", "alternate", causal, hidden_size=32, num_key_value_heads=2)
+    attention = EfficientSparseTransformerModel(config).layers[1].self_attn
+    assert attention.factors == ("A2",) * 4
+    for length, padded in ((45, False), (47, True)):
+        generator = torch.Generator().manual_seed(length)
+        inputs = [torch.randn(2, h, length, 8, generator=generator) for h in (4, 2, 2)]
+        keep = torch.ones(2, length, dtype=torch.bool)
+        keep[1, 33:] = not padded
+        weights = torch.randn(2, length, 4, 8, generator=generator)
+        results = []
+        for path in (strided_grid, factorized_reference):
+            leaves = [x.clone().requires_grad_(True) for x in inputs]
+            if path is strided_grid:
+                out = strided_grid(attention, *leaves, keep, attention.factors, 5, causal) * keep[:, :, None, None]
+            else:
+                out = factorized_reference(attention, *leaves, keep, attention.factors, *attention.settings)[0]
+            results.append((out, torch.autograd.grad((out * weights).sum(), leaves)))
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+        for fast, slow in zip(results[0][1], results[1][1], strict=True):
+            torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize(("pattern", "combination", "causal"), GRID)
+def test_gpu_forms_equal_blocked_at_model_scale(pattern, combination, causal):
+    """The CUDA path (compiled FlexAttention: strided on the grid, fixed with compact summary columns) against the
+    blocked path: head dim 32, l = 32, c = 8, 1000 tokens (a partial last block), a padded batch, fp32, outputs and
+    every gradient."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    style = LLAMA if causal else {}
+    config = EfficientSparseTransformerConfig(**{**SMALL, **style, "pattern": pattern, "combination": combination,
+                                                 "local_size": 32, "num_summary": 8, "hidden_size": 128,
+                                                 "max_position_embeddings": 1024})
+    torch.manual_seed(0)
+    model = EfficientSparseTransformerModel(config).cuda().train()
+    ids = torch.randint(1, 61, (2, 1000), device="cuda")
+    mask = torch.ones(2, 1000, dtype=torch.long, device="cuda")
+    mask[1, 900:] = 0
+    assert model.layers[0].self_attn.backend(ids.float(), False) == "flex"
+    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    assert_fast_path_within_rounding(model, "flex", inputs, mask.bool())
 
 
 @pytest.mark.parametrize(("pattern", "combination", "causal"), GRID)

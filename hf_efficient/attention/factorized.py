@@ -22,9 +22,14 @@ keys; the paper only uses it next to A1). Three paths compute the same function:
   behind `attend` returns no log-sum-exp. Per head: time O(N (l + N/l) d) and score memory O(N (l + N/l)) for
   strided, O(N (l + c N/l) d) and O(N (l + c N/l)) for fixed (whose summary keys are also copied per block,
   O(c N^2 d / l^2)): O(N sqrt N) at l ~ sqrt N.
-* `factorized_flex` (GPU): a FlexAttention block mask of the same pattern; memory O(N). Empty 128 x 128 tiles are
-  skipped, which makes A1 and the fixed pattern cheap; strided A2 touches nearly every tile (its columns recur
-  every l positions), so strided layers cost about as much time as dense flex attention (still O(N) memory).
+* `strided_grid` (GPU, strided): A1 a FlexAttention band; A2 attention along the columns of the (N / l, l) grid of
+  positions (each residue class a dense sequence of N / l tokens: SDPA alone, FlexAttention with its log-sum-exp
+  when merged with A1, the two merged exactly). Time O(N (l + N / l) d) per head, no tile of the N x N plane that
+  the pattern leaves empty is touched (in the original layout strided A2 hits nearly every tile).
+* `fixed_compact` (GPU, fixed): A1 FlexAttention over its block-diagonal BlockMask; A2's summary columns gathered
+  into one compact sequence of c N / l keys that FlexAttention scans under a staircase mask (over the original
+  layout the columns recur in every block and touch every tile below the diagonal). Time O(N (l + c N / l) d).
+* `factorized_flex`: FlexAttention over the whole pattern's BlockMask (`flex_block_mask`), the check of a mask.
 
 Deviations from the paper: the bidirectional extension above; j = i always kept; the paper's fixed-pattern
 refinement of giving each head a different subblock of c summary columns is not used (all heads share columns
@@ -38,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention, repeat_kv
-from .flex import block_mask, flex_attend
+from .compiled import run_compiled
+from .flex import block_mask, flex_attend, tile_kernel_options
 
 PATTERNS = ("strided", "fixed")
 FACTORS = ("A1", "A2", "both")
@@ -189,15 +195,23 @@ def factorized_blocked(
 ) -> torch.Tensor:
     """The memory-efficient path (see the module docstring). q (batch, heads, N, d), k/v (batch, kv_heads, N, d)
     -> (batch, N, heads, d); rows of padding queries are left unspecified (the caller zeroes them)."""
-    batch, heads, length, _ = query.shape
+    batch, _, length, _ = query.shape
     layout = Layout(length, local_size, keep, batch, query.device)
     settings = (pattern, local_size, num_summary, causal)
     if pattern == "fixed":
         return fixed_blocked(attention, query, key, value, layout, factors, *settings)
+    return split_heads_by_factor(
+        lambda q, k, v, factor: strided_one_factor(attention, q, k, v, layout, factor, *settings),
+        query, key, value, factors)
+
+
+def split_heads_by_factor(compute, query, key, value, factors: tuple[str, ...]) -> torch.Tensor:
+    """`compute(q, k, v, factor) -> (batch, N, heads, d)` for every factor on its heads, concatenated. Each factor
+    runs on the query heads of the key/value groups it touches (a group split by the boundary is computed twice),
+    so the grouped-query layout is kept."""
     if len(set(factors)) == 1:
-        return strided_one_factor(attention, query, key, value, layout, factors[0], *settings)
-    # heads: each factor on the query heads of the key/value groups it touches (a group split by the boundary is
-    # computed twice), so the grouped-query layout that `attend` expects is kept
+        return compute(query, key, value, factors[0])
+    heads = query.shape[1]
     groups = heads // key.shape[1]
     outputs = []
     for factor in dict.fromkeys(factors):
@@ -205,8 +219,7 @@ def factorized_blocked(
         first_group, last_group = own[0] // groups, own[-1] // groups + 1
         q_heads = slice(first_group * groups, last_group * groups)
         kv_heads = slice(first_group, last_group)
-        attended = strided_one_factor(attention, query[:, q_heads], key[:, kv_heads], value[:, kv_heads], layout,
-                                      factor, *settings)
+        attended = compute(query[:, q_heads], key[:, kv_heads], value[:, kv_heads], factor)
         outputs.append(attended[:, :, own[0] - q_heads.start : own[-1] + 1 - q_heads.start])
     return torch.cat(outputs, dim=2)
 
@@ -353,3 +366,184 @@ def factorized_flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     compiled: bool = True) -> torch.Tensor:
     """FlexAttention over the block mask. q (batch, heads, N, d) -> (batch, N, heads, d)."""
     return flex_attend(query, key, value, mask, scaling, compiled)
+
+
+# ---------------------------------------------------------------- strided on the grid (GPU)
+
+
+def strided_grid(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 keep: torch.Tensor | None, factors: tuple[str, ...], local_size: int, causal: bool,
+                 masks: dict | None = None, compiled: bool = True) -> torch.Tensor:
+    """The strided pattern as what it is, for the GPU: A1 is a band of width l, FlexAttention over its BlockMask
+    (2 or 3 key tiles per query tile); A2 is attention along the columns of the (N / l, l) grid: positions regrouped
+    by residue class mod l (`Layout.classes`), each class a dense (causal) sequence of N / l tokens; alone (A2 heads,
+    own key included) it is plain SDPA over the classes (flash kernels when unpadded), merged with A1 ("both": A2
+    without the own key, so the key sets are disjoint) both parts run FlexAttention returning their log-sum-exps
+    and are combined exactly, softmax over the union. Time O(N (l + N / l) d) per head. q (batch, heads, N, d), k/v
+    (batch, kv_heads, N, d) -> (batch, N, heads, d); padding rows unspecified. `masks` caches the BlockMasks across
+    the layers of one forward; compiled=False runs FlexAttention eagerly (CPU, forward only: tests)."""
+    batch, _, length, _ = query.shape
+    layout = Layout(length, local_size, keep, batch, query.device)
+    masks = {} if masks is None else masks
+    complete = keep is None and layout.padded == length  # no padding key anywhere, no partial last row of the grid
+
+    def cached(name, build):
+        if name not in masks:
+            masks[name] = build()
+        return masks[name]
+
+    def band():
+        return cached(("strided_band", local_size, causal), lambda: flex_block_mask(
+            length, ("A1",), "strided", local_size, 1, causal, keep, query.device))
+
+    def compute(q, k, v, factor):
+        if factor == "A1":
+            return flex_attend(q, k, v, band(), attention.scaling, compiled)
+        if factor == "A2":
+            if complete:  # every class is a whole sequence: SDPA's own causal kernels
+                classes = (layout.classes(x) for x in (q, k, v))
+                return layout.from_classes(attention.attend(*classes, None, is_causal=causal)[0])
+            attended, _ = attention.attend(*strided_class_inputs(q, k, v, layout, local_size, causal, True))
+            return layout.from_classes(attended)
+        grid_mask = cached(("strided_grid", local_size, causal), lambda: grid_block_mask(
+            layout.blocks, causal, None if complete else layout.class_key_ok().flatten(1), query.device))
+        local = flex_attend_lse(q, k, v, band(), attention.scaling, compiled)
+        strided = flex_attend_lse(*(layout.classes(x) for x in (q, k, v)), grid_mask, attention.scaling, compiled)
+        return merge_by_lse(local, tuple(layout.from_classes(x) for x in strided))
+
+    return split_heads_by_factor(compute, query, key, value, factors)
+
+
+def grid_block_mask(count: int, causal: bool, key_ok: torch.Tensor | None, device: torch.device):
+    """The BlockMask of strided A2 without the own key on the grid's columns (sequences of `count` members): earlier
+    members (causal) or all others; key_ok (rows, count) drops padding keys (None: all real, cached)."""
+    if key_ok is None:
+        return _structural_grid_block_mask(count, causal, str(device))
+    return _build_grid_block_mask(count, causal, key_ok, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _structural_grid_block_mask(count: int, causal: bool, device: str):
+    return _build_grid_block_mask(count, causal, None, torch.device(device))
+
+
+def _build_grid_block_mask(count, causal, key_ok, device):
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = kv_idx < q_idx if causal else kv_idx != q_idx
+        return allowed if key_ok is None else allowed & key_ok[b, kv_idx]
+
+    return block_mask(mask_mod, None if key_ok is None else key_ok.shape[0], count, device)
+
+
+def flex_attend_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
+                    compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexAttention with its log-sum-exp, both differentiable: q (batch, heads, N, d) -> output (batch, N, heads, d)
+    and lse (batch, N, heads, 1) float32 (-inf, with a zero output, on rows without keys)."""
+    arguments = (query, key, value, mask, scaling, query.shape[1] != key.shape[1])
+    if compiled:
+        out, lse = run_compiled(_flex_with_lse, *arguments, kernel_options=tile_kernel_options(mask))
+    else:
+        out, lse = _flex_with_lse(*arguments)
+    return out.transpose(1, 2), lse.transpose(1, 2)[..., None]
+
+
+def _flex_with_lse(query, key, value, mask, scaling, gqa, kernel_options=None):
+    from torch.nn.attention import flex_attention as flex
+
+    options = dict(block_mask=mask, scale=scaling, enable_gqa=gqa, kernel_options=kernel_options)
+    if hasattr(flex, "AuxRequest"):
+        out, aux = flex.flex_attention(query, key, value, **options, return_aux=flex.AuxRequest(lse=True))
+        return out, aux.lse
+    return flex.flex_attention(query, key, value, **options, return_lse=True)  # torch < 2.9
+
+
+def merge_by_lse(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Exact softmax over the union of two disjoint key sets from each set's (output, log-sum-exp): the outputs
+    weighted by sigmoid(lse_1 - lse_2) and its complement (an empty second set, lse -inf, weighs 0)."""
+    (out_a, lse_a), (out_b, lse_b) = first, second
+    weight = torch.sigmoid(lse_a - lse_b)
+    return (out_a.float() * weight + out_b.float() * (1 - weight)).to(out_a.dtype)
+
+
+# ---------------------------------------------------------------- fixed with compact summary columns (GPU)
+
+
+def fixed_compact(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  keep: torch.Tensor | None, factors: tuple[str, ...], local_size: int, num_summary: int,
+                  causal: bool, masks: dict | None = None, compiled: bool = True) -> torch.Tensor:
+    """The fixed pattern for the GPU with its summary columns gathered: A1 (the own block) is FlexAttention over its
+    block-diagonal BlockMask; A2's keys, the last c positions of every block, are copied into one compact sequence of
+    S = c N / l keys, which FlexAttention scans with a staircase BlockMask (earlier blocks only, or all), so A2 costs
+    N S / 2 instead of the N^2 / 2 of its columns spread over every tile. Merged with A1 ("both") A2 takes the summary
+    keys outside the own block; alone it takes every earlier (causal) or every other summary key and the own key.
+    The parts' outputs are merged exactly by their log-sum-exps. q (batch, heads, N, d), k/v (batch, kv_heads, N, d)
+    -> (batch, N, heads, d); padding rows unspecified. `masks` and `compiled` as in `strided_grid`."""
+    batch, _, length, _ = query.shape
+    masks = {} if masks is None else masks
+    size, count = local_size, num_summary
+    summary = torch.arange(length, device=query.device)
+    summary = summary[summary.remainder(size) >= size - count]  # (S,) positions of the summary columns, in order
+
+    def cached(name, build):
+        if name not in masks:
+            masks[name] = build()
+        return masks[name]
+
+    def own_block():
+        return cached(("fixed_block", size, causal), lambda: flex_block_mask(
+            length, ("A1",), "fixed", size, count, causal, keep, query.device))
+
+    def summary_part(q, k, v, outside_own_block: bool):
+        mask = cached(("fixed_summary", size, count, causal, outside_own_block), lambda: summary_block_mask(
+            length, summary.numel(), size, count, causal, outside_own_block,
+            None if keep is None else keep[:, summary], query.device))
+        return flex_attend_lse(q, k[:, :, summary], v[:, :, summary], mask, attention.scaling, compiled)
+
+    def compute(q, k, v, factor):
+        if factor == "A1":
+            return flex_attend(q, k, v, own_block(), attention.scaling, compiled)
+        if factor == "both":
+            first = flex_attend_lse(q, k, v, own_block(), attention.scaling, compiled)
+        else:  # the own key alone: weight exp(q.k * scaling), value v
+            groups = q.shape[1] // k.shape[1]
+            own_key, own_value = repeat_kv(k, groups), repeat_kv(v, groups)
+            lse = (q.float() * own_key.float()).sum(-1, keepdim=True) * attention.scaling  # (batch, h, N, 1)
+            first = own_value.transpose(1, 2), lse.transpose(1, 2)
+        if not summary.numel():
+            return first[0]
+        return merge_by_lse(first, summary_part(q, k, v, outside_own_block=factor == "both"))
+
+    return split_heads_by_factor(compute, query, key, value, factors)
+
+
+def summary_block_mask(length: int, summaries: int, local_size: int, num_summary: int, causal: bool,
+                       outside_own_block: bool, key_ok: torch.Tensor | None, device: torch.device):
+    """Queries (N) against the compact summary keys (S): summary key s sits at position (s // c) l + l - c + s % c.
+    outside_own_block: keys of earlier blocks (causal) or of other blocks; else earlier positions (causal) or all,
+    the own position excluded (it is its own part). key_ok (batch, S) drops padding keys (None: cached)."""
+    if key_ok is None:
+        return _structural_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block,
+                                        str(device))
+    return _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, key_ok, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _structural_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, device: str):
+    return _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, None,
+                               torch.device(device))
+
+
+def _build_summary_mask(length, summaries, local_size, num_summary, causal, outside_own_block, key_ok, device):
+    def mask_mod(b, h, q_idx, kv_idx):
+        if outside_own_block:
+            query_block = torch.div(q_idx, local_size, rounding_mode="floor")
+            key_block = torch.div(kv_idx, num_summary, rounding_mode="floor")
+            allowed = key_block < query_block if causal else key_block != query_block
+        else:
+            position = (torch.div(kv_idx, num_summary, rounding_mode="floor") * local_size + local_size
+                        - num_summary + kv_idx.remainder(num_summary))
+            allowed = position < q_idx if causal else position != q_idx
+        return allowed if key_ok is None else allowed & key_ok[b, kv_idx]
+
+    batch = None if key_ok is None else key_ok.shape[0]
+    return block_mask(mask_mod, batch, length, device, key_length=summaries)

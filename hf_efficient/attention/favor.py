@@ -26,25 +26,25 @@ Paths (all compute the same function; features and sums in float32):
 * `favor_reference`: the explicit (N x N) matrix phi(Q) phi(K)^T, masked and row-normalised; tests, and the
   attention weights for output_attentions. Time O(N^2 m), memory O(N^2 + N m).
 * `favor_bidirectional`: phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1). Time O(N m d), memory O(N m + m d).
-* `favor_causal_chunked`: prefix sums in chunks of C: a running state S = sum phi(k) v^T (m x d), z = sum phi(k)
-  (m) is carried from chunk to chunk; inside a chunk the exact causal part is the masked (C x C) matrix.
-  Time O(N (C m + C d + m d)); memory O(N m + C^2 + m d) forward, plus one (m x d) state per chunk kept for
-  backward (O(N m d / C)), never O(N m d). Decoding reuses it with the cached (S, z, r): O(m d) per new token.
-* "compiled" (CUDA): the same functions through torch.compile: `favor_bidirectional_qkv` (features and sums in
-  one graph) or the compiled `feature_map` and `causal_chunk`; the elementwise float32 work on the (N, m) features,
-  which dominates the eager path's time and memory, is fused into a few kernels.
+* `favor_causal_chunked`: chunk-parallel prefix sums (attention/causal_prefix.py): every chunk of C at once, the
+  masked (C x C) matrix inside a chunk, the chunks' (m x d) states summed over the chunks by a scan that keeps each
+  sum relative to the running max log scale (no loop over chunks). Time O(N (C m + m d)); memory O(N m + N C) plus
+  the chunks' states O(N m d / C). Decoding continues from the cached (S, z, r): O(m d) per new token.
+* "compiled" (CUDA): the same functions through torch.compile: `favor_bidirectional_qkv` / `favor_causal_qkv`
+  (features and sums in one graph); the elementwise float32 work on the (N, m) features and the (C x C) chunk
+  matrices, which dominates the eager path's time and memory, is fused into a few kernels.
 GQA: keys, values and the state are per KV head; the queries of a group share them (a group axis G).
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .causal_prefix import FLOOR, causal_prefix_attention
+
 SOFTMAX_EPSILON = 1e-6  # the paper code's numerical_stabilizer for the softmax kernel
 RELU_EPSILON = 1e-3  # and for the ReLU kernel
-FLOOR = torch.finfo(torch.float32).min  # the reference before any real key; padded keys' log scale
 
 
 def draw_random_features(
@@ -182,52 +182,35 @@ def favor_state(key_features: torch.Tensor, key_log_scale: torch.Tensor, value: 
                          _masked_log_scale(key_log_scale, keep), value, real)
 
 
-def causal_chunk(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: torch.Tensor, real: torch.Tensor | None,
-    sums: torch.Tensor, normaliser: torch.Tensor, reference: torch.Tensor,
-) -> tuple[torch.Tensor, ...]:
-    """One chunk of causal FAVOR+ after the state (sums, normaliser, reference) of the tokens before it: q (B, Hkv,
-    G, C, m), k (B, Hkv, 1, C, m), v (B, Hkv, 1, C, d) float32, log scales c (B, Hkv, 1, C), real (B, 1, 1, C) or
-    None. Returns the chunk's output (B, Hkv, G, C, d) and the state after it (tensors, so that it compiles)."""
-    size = k.shape[-2]
-    # each query's reference: the running max log scale of the keys it sees (detached: it cancels exactly)
-    running = torch.maximum(torch.cummax(c, dim=-1).values, reference[..., None]).detach()  # (B, Hkv, 1, C)
-    # the exact causal part inside the chunk: key j weighted relative to query i's reference, j <= i
-    allowed = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()
-    if real is not None:
-        allowed = allowed & real[..., None, :]
-    exponent = (c[..., None, :] - running[..., :, None]).masked_fill(~allowed, float("-inf"))  # (B, Hkv, 1, C, C)
-    weights = (q @ k.transpose(-1, -2)) * torch.exp(exponent)  # (B, Hkv, G, C, C)
-    carry = torch.exp(reference[..., None] - running)  # (B, Hkv, 1, C): earlier chunks, rescaled
-    numerator = weights @ v + carry[..., None] * (q @ sums)
-    denominator = weights.sum(-1) + carry * (q @ normaliser[..., None]).squeeze(-1)
-    out = numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-    return out, *advance_state(FavorState(sums, normaliser, reference), k, c, v, real).tensors()
-
-
 def favor_causal_chunked(
     query_features: torch.Tensor, key_features: torch.Tensor, key_log_scale: torch.Tensor, value: torch.Tensor,
     keep: torch.Tensor | None, chunk_size: int, state: FavorState | None = None,
-    chunk_step: Callable[..., tuple[torch.Tensor, ...]] = causal_chunk,
 ) -> tuple[torch.Tensor, FavorState]:
-    """Causal FAVOR+ by chunked prefix sums, continuing from `state` (None: from the start); `chunk_step` is
-    `causal_chunk` or a compiled form of it.
+    """Causal FAVOR+ by chunk-parallel prefix sums (attention/causal_prefix.py), continuing from `state` (None: from
+    the start). Shapes as in `favor_reference` (N = the new tokens; keep (B, N) covers only them). Returns the output
+    (B, Hkv, G, N, d) and the state after the last token."""
+    log_scale = _masked_log_scale(key_log_scale, keep)[:, :, 0]  # (B, Hkv, N), padded keys at FLOOR
+    keys = key_features[:, :, 0] if keep is None else key_features[:, :, 0] * keep[:, None, :, None]
+    initial = None if state is None else (torch.cat([state.sums, state.normaliser[..., None]], -1)[:, :, 0],
+                                          state.reference[:, :, 0])
+    numerator, denominator, (sums, reference) = causal_prefix_attention(
+        query_features, keys, value[:, :, 0], chunk_size, log_scale, initial)
+    out = numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    return out, FavorState(sums[:, :, None, :, :-1], sums[:, :, None, :, -1], reference[:, :, None])
 
-    Shapes as in `favor_reference` (N = the new tokens; keep (B, N) covers only them). Returns the output
-    (B, Hkv, G, N, d) and the state after the last token.
-    """
-    state = FavorState.empty(key_features, value) if state is None else state
-    log_scale = _masked_log_scale(key_log_scale, keep)
-    value = value.float()
-    outputs = []
-    for start in range(0, key_features.shape[-2], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        q, k, v = (x[..., chunk, :] for x in (query_features, key_features, value))
-        real = None if keep is None else keep[:, None, None, chunk]  # (B, 1, 1, C)
-        out, *tensors = chunk_step(q, k, v, log_scale[..., chunk], real, *state.tensors())
-        outputs.append(out)
-        state = FavorState(*tensors)
-    return torch.cat(outputs, dim=-2), state
+
+def favor_causal_qkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, projection: torch.Tensor, kernel: str,
+    normalizer: float, keep: torch.Tensor | None, chunk_size: int, state: tuple[torch.Tensor, ...] | None,
+) -> tuple[torch.Tensor, ...]:
+    """`feature_map` of q (B, Hkv, G, N, d) and k (B, Hkv, 1, N, d), then `favor_causal_chunked` from the state
+    tensors (sums, normaliser, reference) or None: one function, so that compiling it fuses the features' and the
+    chunks' elementwise work. Returns the output (B, Hkv, G, N, d) and the state's tensors."""
+    query_features, _ = feature_map(query, projection, kernel, normalizer)
+    key_features, key_log_scale = feature_map(key, projection, kernel, normalizer)
+    out, after = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep, chunk_size,
+                                      None if state is None else FavorState(*state))
+    return out, *after.tensors()
 
 
 def feature_map(x: torch.Tensor, projection: torch.Tensor, kernel: str, normalizer: float):

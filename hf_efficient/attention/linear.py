@@ -13,13 +13,16 @@ over the real keys j (all of them bidirectional, j <= i causal); padding keys ha
 * `linear_attention_reference`: the explicit N x N matrix phi(Q) phi(K)^T, masked, row-normalised. Tests only
   (and `output_attentions`). Time O(N^2 d), memory O(N^2).
 * `linear_attention_bidirectional`: S and z once, then every query. Time O(N d^2), memory O(d^2 + N d).
-* `linear_attention_causal_chunked`: chunks of C tokens. Each chunk's sum phi(K_c)^T V_c, an exclusive prefix sum
-  over chunks gives the (S, z) every chunk starts from, and inside a chunk the masked quadratic form
-  tril(phi(Q_c) phi(K_c)^T) V_c adds the chunk's own earlier keys. Time O(N (C + d) d), memory
-  O(N d^2 / C + N C + N d) instead of the O(N d^2) of a per-token cumulative sum. Takes and returns the (S, z)
-  state, so the same function is the prefill and, with one-token inputs, the O(d^2)-per-token recurrent decoder.
-* GPU: the chunked form above (batched matmuls through cuBLAS). flash-linear-attention's fused kernels would be
-  the natural faster path; they are not used yet.
+* `linear_attention_causal_chunked`: chunk-parallel, every chunk of C tokens at once (attention/causal_prefix.py):
+  each chunk's sums phi(K_c)^T [V_c, 1], an exclusive prefix sum over chunks (torch.cumsum) gives the (S, z) every
+  chunk starts from, and inside a chunk the masked quadratic form tril(phi(Q_c) phi(K_c)^T) [V_c, 1] adds the
+  chunk's own earlier keys. Time O(N (C + d) d), memory O(N d^2 / C + N C + N d) instead of the O(N d^2) of a
+  per-token cumulative sum. Takes and returns the (S, z) state, so the same function is the prefill and, with
+  one-token inputs, the O(d^2)-per-token recurrent decoder.
+* GPU: the chunked form above (batched matmuls through cuBLAS), or through torch.compile ("compiled"), or
+  flash-linear-attention's chunk kernel ("fla", optional: `pip install hf-efficient[fla]`, CUDA): its unnormalised
+  numerator `chunk_linear_attn(..., normalize=False)`, with the denominator phi(q_i)^T sum_{j<=i} phi(k_j) + eps
+  computed here (fla's own normalisation adds 1e-10, not eps).
 
 Numerics: the math runs in float32 whatever the input dtype (bf16/fp16 inputs are upcast, the output is cast
 back; on GPU these matmuls are then fp32/TF32 rather than bf16: accuracy over speed); the states (S, z) are
@@ -33,6 +36,8 @@ Grouped-query attention: keys, values and states stay at `kv_heads`; queries are
 
 import torch
 import torch.nn.functional as F
+
+from .causal_prefix import causal_prefix_attention
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -93,38 +98,62 @@ def linear_attention_causal_chunked(
     query_features: torch.Tensor, key_features: torch.Tensor, value: torch.Tensor, eps: float, chunk_size: int,
     initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Causal linear attention in chunks, continuing from `initial_state` (S, z) of the earlier tokens.
+    """Causal linear attention, chunk-parallel (attention/causal_prefix.py), continuing from `initial_state` (S, z)
+    of the earlier tokens.
 
     phi(q) (batch, heads, N, d); phi(k) (padding rows zeroed), v (batch, kv_heads, N, d). Returns the output
     (batch, N, heads, d_v) and the state (S, z) after the N tokens (float32).
     """
-    batch, kv_heads, length, dim = key_features.shape
-    value = value.float()
-    value_dim = value.shape[-1]
-    chunk = min(chunk_size, length)
-    chunks = -(-length // chunk)
-    padded = chunks * chunk - length  # zero keys add nothing; zero queries' rows are cut below
-    queries = group_queries(F.pad(query_features, (0, 0, 0, padded)), kv_heads)
-    groups = queries.shape[2]
-    # (batch, kv, [groups,] chunks * C, d) -> (batch, kv, [groups,] chunks, C, d)
-    queries = queries.view(batch, kv_heads, groups, chunks, chunk, dim)
-    keys = F.pad(key_features, (0, 0, 0, padded)).view(batch, kv_heads, chunks, chunk, dim)
-    values = F.pad(value, (0, 0, 0, padded)).view(batch, kv_heads, chunks, chunk, value_dim)
+    initial = None if initial_state is None else (torch.cat([initial_state[0], initial_state[1][..., None]], -1), None)
+    queries = group_queries(query_features, key_features.shape[1])  # (batch, kv, groups, N, d)
+    numerator, denominator, (sums, _) = causal_prefix_attention(queries, key_features, value, chunk_size,
+                                                               initial=initial)
+    return ungroup(numerator / (denominator[..., None] + eps)), (sums[..., :-1], sums[..., -1])
 
-    chunk_states = torch.einsum("bkncd,bknce->bknde", keys, values)  # (batch, kv, chunks, d, d_v)
-    chunk_normalisers = keys.sum(3)  # (batch, kv, chunks, d)
-    if initial_state is None:
-        initial_state = (chunk_states.new_zeros(batch, kv_heads, dim, value_dim),
-                         chunk_normalisers.new_zeros(batch, kv_heads, dim))
-    # exclusive prefix sums: entry c is the state before chunk c; entry `chunks` is the state after all of them
-    states = torch.cat([initial_state[0][:, :, None], chunk_states], dim=2).cumsum(2)  # (b, kv, chunks+1, d, d_v)
-    normalisers = torch.cat([initial_state[1][:, :, None], chunk_normalisers], dim=2).cumsum(2)  # (b, kv, chunks+1, d)
 
-    numerator = torch.einsum("bkgncd,bknde->bkgnce", queries, states[:, :, :-1])  # (b, kv, g, chunks, C, d_v)
-    denominator = torch.einsum("bkgncd,bknd->bkgnc", queries, normalisers[:, :, :-1])  # (b, kv, g, chunks, C)
-    scores = torch.einsum("bkgncd,bknsd->bkgncs", queries, keys)  # (b, kv, g, chunks, C, C)
-    scores = scores * torch.ones(chunk, chunk, dtype=torch.bool, device=scores.device).tril()
-    numerator = numerator + torch.einsum("bkgncs,bknse->bkgnce", scores, values)
-    denominator = denominator + scores.sum(-1)
-    attended = (numerator / (denominator[..., None] + eps)).reshape(batch, kv_heads, groups, chunks * chunk, -1)
-    return ungroup(attended[:, :, :, :length]), (states[:, :, -1], normalisers[:, :, -1])
+def linear_attention_qkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None, causal: bool, eps: float,
+    chunk_size: int, initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Feature map, padding and the bidirectional or causal chunked form in one function (so that compiling it
+    fuses the elementwise work). q (batch, heads, N, d), k/v (batch, kv_heads, N, d), keep (batch, N) or None.
+    Returns the output (batch, N, heads, d_v) and the causal state after the N tokens (None when bidirectional)."""
+    query_features, key_features = elu_feature_map(query), elu_feature_map(key)  # float32
+    if keep is not None:
+        key_features = key_features * keep[:, None, :, None]  # padding keys contribute nothing
+    if causal:
+        return linear_attention_causal_chunked(query_features, key_features, value, eps, chunk_size, initial_state)
+    return linear_attention_bidirectional(query_features, key_features, value, eps), None
+
+
+def linear_attention_causal_fla(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None, eps: float,
+) -> torch.Tensor:
+    """Causal linear attention through flash-linear-attention's chunk kernel (CUDA, Triton), the same function as
+    `linear_attention_causal_chunked` from the start of the sequence: fla computes the numerator
+    phi(q_i)^T sum_{j<=i} phi(k_j) v_j^T (`normalize=False`; its own normalisation adds 1e-10, not eps) and the
+    denominator phi(q_i)^T sum_{j<=i} phi(k_j) + eps is computed here, in float32, from the same features. The kernel
+    runs in the inputs' dtype (float32 inputs: TF32 products inside the kernel); keys and values are repeated to
+    every query head (the kernel has no grouped heads). q (batch, heads, N, d), k/v (batch, kv_heads, N, d)
+    -> (batch, N, heads, d_v) float32."""
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError as error:
+        raise ValueError("attention_backend='fla' needs flash-linear-attention's kernels (module fla.ops): install "
+                         "them with `pip install 'hf-efficient[fla]'` (fla-core, CUDA), or use 'auto'.") from error
+    from ..core.attention import repeat_kv
+
+    dtype = value.dtype
+    query_features, key_features = elu_feature_map(query), elu_feature_map(key)
+    if keep is not None:
+        key_features = key_features * keep[:, None, :, None]
+    query_features, key_features = query_features.to(dtype), key_features.to(dtype)  # what the kernel sees
+    groups = query.shape[1] // key.shape[1]
+    # (batch, heads, N, d) -> (batch, N, heads, d), the kernel's layout
+    q, k, v = (x.transpose(1, 2).contiguous() for x in (query_features, repeat_kv(key_features, groups),
+                                                        repeat_kv(value, groups)))
+    numerator, _ = chunk_linear_attn(q, k, v, scale=1.0, normalize=False)  # (batch, N, heads, d_v)
+    normaliser = key_features.float().cumsum(2)  # (batch, kv, N, d): sum_{j<=i} phi(k_j)
+    denominator = torch.einsum("bkgnd,bknd->bkgn", group_queries(query_features.float(), key.shape[1]), normaliser)
+    denominator = denominator.reshape(query.shape[0], query.shape[1], -1).transpose(1, 2)  # (batch, N, heads)
+    return numerator.float() / (denominator[..., None] + eps)

@@ -35,7 +35,7 @@ _CHOICES = {
     "position_embedding_type": ("absolute", "rotary", "none"),
     "mlp_type": ("standard", "gated"),
     "classifier_pooling": ("first", "last"),
-    "attention_backend": ("auto", "reference", "blocked", "flex", "compiled"),
+    "attention_backend": ("auto", "reference", "blocked", "flex", "compiled", "fla"),
     "pooler_act": ("tanh", "relu", "gelu"),
 }
 
@@ -45,9 +45,9 @@ class EfficientConfig(PreTrainedConfig):
 
     Defaults are BERT-base's. `attention_backend` picks the attention path: "auto" takes the GPU fast path on
     CUDA and the memory-efficient PyTorch path elsewhere; "reference" is the naive O(N^2) path kept for tests;
-    "flex" (FlexAttention) and "compiled" (torch.compile of the blocked path) are the GPU fast paths of the
-    variants that have them. `is_decoder` (transformers' flag for a causal BERT-style model) is another name for
-    `is_causal`.
+    "flex" (FlexAttention), "compiled" (torch.compile of the blocked path) and "fla" (flash-linear-attention's
+    kernels, optional) are the GPU fast paths of the variants that have them. `is_decoder` (transformers' flag for a
+    causal BERT-style model) is another name for `is_causal`.
 
     Every field is checked (type, range, choices) when the config is made, loaded (keyword overrides of
     `from_pretrained` included) or saved. A config file must name this class's model_type and hold the fields of
@@ -55,6 +55,7 @@ class EfficientConfig(PreTrainedConfig):
     """
 
     has_compiled_path = False  # a class attribute (not a config field): the variant has a "compiled" backend
+    has_fla_path = False  # likewise for the "fla" backend
 
     # sizes
     vocab_size: int = 30522
@@ -213,6 +214,10 @@ class EfficientConfig(PreTrainedConfig):
         if self.attention_backend == "compiled" and not type(self).has_compiled_path:
             raise ValueError(f"attention_backend='compiled' is a torch.compile path that {type(self).__name__} does "
                              "not have. Use 'auto' (the variant's GPU fast path on CUDA), 'blocked' or 'reference'.")
+        if self.attention_backend == "fla" and not type(self).has_fla_path:
+            raise ValueError(f"attention_backend='fla' (flash-linear-attention's kernels) serves causal linear "
+                             f"attention only; {type(self).__name__} has no such path. Use 'auto', 'blocked' or "
+                             "'reference'.")
         self.validate_sizes()
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(

@@ -18,12 +18,17 @@ class EfficientLinearTransformerConfig(EfficientConfig):
     """
 
     model_type = "efficient_linear_transformer"
+    has_compiled_path = True
+    has_fla_path = True
 
     linear_attention_eps: float = 1e-6
     causal_chunk_size: int = 64
     attention_probs_dropout_prob: float = 0.0
 
     def validate_mechanism(self) -> None:
+        if self.attention_backend == "fla" and not self.is_causal:
+            raise ValueError("attention_backend='fla' runs flash-linear-attention's causal kernel; this model is "
+                             "bidirectional (is_causal=False): use 'auto' or 'blocked'.")
         if isinstance(self.linear_attention_eps, bool) or not isinstance(self.linear_attention_eps, (int, float)) \
                 or not self.linear_attention_eps > 0:
             raise ValueError(

@@ -3,10 +3,11 @@
 import torch
 from transformers.cache_utils import Cache
 
+from ...attention.compiled import run_compiled
 from ...attention.linear import (
     elu_feature_map,
-    linear_attention_bidirectional,
-    linear_attention_causal_chunked,
+    linear_attention_causal_fla,
+    linear_attention_qkv,
     linear_attention_reference,
     linear_state,
 )
@@ -30,8 +31,8 @@ class EfficientLinearTransformerAttention(EfficientAttention):
     out_i = phi(q_i)^T S / (phi(q_i)^T z + eps), S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j), phi = elu + 1, over
     the real keys (j <= i when causal). Time O(N d^2) (causal: O(N (C + d) d) in chunks of C), memory O(d^2 + N d)
     bidirectional, O(N d^2 / C + N C + N d) causal; decoding carries (S, z): O(d^2) time and memory per token.
-    The paths are in attention/linear.py; the chunked PyTorch form is also the GPU path (flash-linear-attention's
-    kernels are not used yet).
+    The paths are in attention/linear.py: on CUDA "auto" runs the chunk-parallel form through torch.compile
+    ("compiled"); "fla" (optional) runs flash-linear-attention's chunk kernel for the causal numerator.
 
     Deviations from the paper: no 1/sqrt(d) scaling (the paper has none either: phi(q)^T phi(k) is the kernel);
     with rotary positions (Llama) q and k are rotated *before* the feature map, which is what converting a Llama
@@ -47,6 +48,9 @@ class EfficientLinearTransformerAttention(EfficientAttention):
         self.eps = config.linear_attention_eps
         self.chunk_size = config.causal_chunk_size
 
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        return self.choose_backend(hidden_states, output_attentions, gpu_backend="compiled")
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -59,10 +63,14 @@ class EfficientLinearTransformerAttention(EfficientAttention):
         query, key, value = self.project(hidden_states, position_embeddings)
         length = query.shape[2]
         keep = None if attention_mask is None else attention_mask[:, -length:]  # this call's tokens
-        query_features, key_features = elu_feature_map(query), elu_feature_map(key)  # float32
         state_layer = None if past_key_values is None else past_key_values.layers[self.layer_idx]
         initial_state = None if state_layer is None else state_layer.current()
-        backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
+        backend = self.backend(hidden_states, output_attentions)
+        if backend in ("compiled", "fla") and not query.is_cuda:
+            raise ValueError(f"attention_backend={backend!r} runs on CUDA only; use 'auto' or 'blocked' on this "
+                             "device.")
+        if backend == "fla" and initial_state is not None:
+            backend = "blocked"  # decoding steps continue the cached state on the chunked form (same function)
         weights, final_state = None, None
         if backend == "reference":
             if initial_state is not None:
@@ -72,6 +80,7 @@ class EfficientLinearTransformerAttention(EfficientAttention):
                     "use_cache=False."
                 )
             groups = self.num_key_value_groups
+            query_features, key_features = elu_feature_map(query), elu_feature_map(key)  # float32
             attended, weights = linear_attention_reference(
                 query_features, repeat_kv(key_features, groups), repeat_kv(value, groups), keep, self.is_causal,
                 self.eps,
@@ -80,19 +89,21 @@ class EfficientLinearTransformerAttention(EfficientAttention):
             if state_layer is not None:
                 real_keys = key_features if keep is None else key_features * keep[:, None, :, None]
                 final_state = linear_state(real_keys, value)
-        elif backend == "blocked":
-            if keep is not None:
-                key_features = key_features * keep[:, None, :, None]  # padding keys contribute nothing
-            if self.is_causal:
-                attended, final_state = linear_attention_causal_chunked(
-                    query_features, key_features, value, self.eps, self.chunk_size, initial_state
-                )
-            else:
-                attended = linear_attention_bidirectional(query_features, key_features, value, self.eps)
+        elif backend in ("blocked", "compiled"):
+            arguments = (query, key, value, keep, self.is_causal, self.eps, self.chunk_size, initial_state)
+            attended, final_state = (run_compiled(linear_attention_qkv, *arguments) if backend == "compiled"
+                                     else linear_attention_qkv(*arguments))
+        elif backend == "fla":
+            attended = linear_attention_causal_fla(query, key, value, keep, self.eps)
+            if state_layer is not None:
+                key_features = elu_feature_map(key)
+                final_state = linear_state(key_features if keep is None else key_features * keep[:, None, :, None],
+                                           value)
         else:
             raise ValueError(
-                f"attention_backend={backend!r} is not available for linear attention; use 'auto' or 'blocked' (the "
-                "chunked PyTorch form, also the GPU path) or 'reference'."
+                f"attention_backend={backend!r} is not available for linear attention; use 'auto', 'blocked' (the "
+                "chunked PyTorch form), 'compiled' (torch.compile of it, CUDA), 'fla' (flash-linear-attention, "
+                "causal, CUDA) or 'reference'."
             )
         if state_layer is not None:
             state_layer.store(final_state, length)

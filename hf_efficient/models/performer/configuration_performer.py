@@ -22,7 +22,9 @@ class EfficientPerformerConfig(EfficientConfig):
         not Gaussian and the softmax estimate is biased).
     feature_seed: seeds each layer's draw (layer l uses feature_seed * 100003 + l). The features are persistent
         buffers, so a saved model reloads exactly the features it had (also after `redraw_features`).
-    chunk_size: tokens per chunk of the causal prefix sums (memory O(C^2 + m d) per chunk, see attention/favor.py).
+    chunk_size: tokens per chunk of the causal prefix sums (an implementation knob: the function does not depend on it;
+        a chunk does O(C^2) elementwise work and keeps one (m x d) state, see attention/causal_prefix.py; 64 balances
+        the two at the default sizes).
     """
 
     model_type = "efficient_performer"
@@ -32,7 +34,7 @@ class EfficientPerformerConfig(EfficientConfig):
     orthogonal_features: bool = True
     feature_norms: str = "chi"
     feature_seed: int = 0
-    chunk_size: int = 128
+    chunk_size: int = 64
 
     has_compiled_path = True
 

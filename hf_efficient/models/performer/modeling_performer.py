@@ -1,7 +1,5 @@
 """EfficientPerformer: the backbone with FAVOR+ attention in every layer, and its constant-size decoding cache."""
 
-import functools
-
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -10,10 +8,9 @@ from transformers.utils import logging
 from ...attention.compiled import run_compiled
 from ...attention.favor import (
     FavorState,
-    causal_chunk,
     draw_random_features,
     favor_bidirectional_qkv,
-    favor_causal_chunked,
+    favor_causal_qkv,
     favor_reference,
     favor_state,
     feature_map,
@@ -107,9 +104,8 @@ class EfficientPerformerAttention(EfficientAttention):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def features(self, states: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        arguments = (states, self.random_features, self.config.kernel, self.scaling**0.5)
-        return run_compiled(feature_map, *arguments) if compiled else feature_map(*arguments)
+    def features(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return feature_map(states, self.random_features, self.config.kernel, self.scaling**0.5)
 
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
         return self.choose_backend(hidden_states, output_attentions, gpu_backend="compiled")
@@ -146,26 +142,27 @@ class EfficientPerformerAttention(EfficientAttention):
         if compiled and not query.is_cuda:
             raise ValueError("attention_backend='compiled' runs on CUDA only; use 'auto' or 'blocked' on this device.")
         weights = None
-        if backend != "reference" and not self.is_causal:  # features and sums in one function (fused when compiled)
+        if backend != "reference":  # features and sums in one function (fused when compiled)
             arguments = (query, key, value, self.random_features, self.config.kernel, self.scaling**0.5, keep)
-            attended = (run_compiled(favor_bidirectional_qkv, *arguments) if compiled
-                        else favor_bidirectional_qkv(*arguments))
-        else:
-            query_features, _ = self.features(query, compiled)
-            key_features, key_log_scale = self.features(key, compiled)
-            if backend == "reference":
-                if state is not None:
-                    raise ValueError("The reference path (output_attentions=True or attention_backend='reference') "
-                                     "needs every key, but a FavorCache keeps only the prefix state: decode without "
-                                     "them, or call with use_cache=False.")
-                attended, weights = favor_reference(query_features, key_features, key_log_scale, value, keep,
-                                                    self.is_causal)
-                if layer is not None:  # the state a later step continues from
-                    state = favor_state(key_features, key_log_scale, value, keep)
+            if not self.is_causal:
+                attended = (run_compiled(favor_bidirectional_qkv, *arguments) if compiled
+                            else favor_bidirectional_qkv(*arguments))
             else:
-                step = functools.partial(run_compiled, causal_chunk) if compiled else causal_chunk
-                attended, state = favor_causal_chunked(query_features, key_features, key_log_scale, value, keep,
-                                                       self.config.chunk_size, state, step)
+                arguments += (self.config.chunk_size, None if state is None else state.tensors())
+                attended, *tensors = (run_compiled(favor_causal_qkv, *arguments) if compiled
+                                      else favor_causal_qkv(*arguments))
+                state = FavorState(*tensors)
+        else:
+            if state is not None:
+                raise ValueError("The reference path (output_attentions=True or attention_backend='reference') "
+                                 "needs every key, but a FavorCache keeps only the prefix state: decode without "
+                                 "them, or call with use_cache=False.")
+            query_features, _ = self.features(query)
+            key_features, key_log_scale = self.features(key)
+            attended, weights = favor_reference(query_features, key_features, key_log_scale, value, keep,
+                                                self.is_causal)
+            if layer is not None:  # the state a later step continues from
+                state = favor_state(key_features, key_log_scale, value, keep)
         if layer is not None:
             layer.advance(state, length)
         # (B, Hkv, G, N, d) -> (B, N, H, d)

@@ -4,11 +4,11 @@ import torch
 
 from ...attention.factorized import (
     factorized_blocked,
-    factorized_flex,
     factorized_reference,
-    flex_block_mask,
+    fixed_compact,
     head_factors,
     heads_keep,
+    strided_grid,
 )
 from ...attention.flex import MIN_HEAD_DIM, flex_available
 from ...core.attention import EfficientAttention
@@ -32,6 +32,9 @@ class EfficientSparseTransformerAttention(EfficientAttention):
     attention/factorized.py), with the ordinary q/k/v projections. Time and memory O(N (l + N/l)) for strided,
     O(N (l + c N/l)) for fixed: O(N sqrt N) at l ~ sqrt N. Cached decoding scores each new token against every cached
     key under the pattern's mask (O(N) per token; exact, not the O(sqrt N) gather the pattern would allow).
+    On CUDA ("flex") the strided pattern runs on the (N / l, l) grid: A1 a FlexAttention band, A2 attention along
+    the grid's columns, the two merged by their log-sum-exps (`strided_grid`); the fixed pattern runs A1 over its
+    block-diagonal BlockMask and A2 over the summary columns gathered into one compact sequence (`fixed_compact`).
     Deviations: the bidirectional extension, j = i always kept, shared summary columns across heads (see the math
     module); the paper's recomputation and custom kernels are replaced by the blocked / FlexAttention paths.
     Left padding: the fixed pattern's blocks count from each row's first real token (a full pass rotates the row to
@@ -79,12 +82,12 @@ class EfficientSparseTransformerAttention(EfficientAttention):
                                                      *self.settings)
         elif backend == "blocked":
             attended = factorized_blocked(self, query, key, value, attention_mask, self.factors, *self.settings)
+        elif backend == "flex" and self.config.pattern == "strided":
+            attended = strided_grid(self, query, key, value, attention_mask, self.factors, self.config.local_size,
+                                    self.is_causal, masks=shared_state)
         elif backend == "flex":
-            mask_key = ("sparse_transformer_block_mask", self.factors)
-            if mask_key not in shared_state:
-                shared_state[mask_key] = flex_block_mask(query.shape[2], self.factors, *self.settings,
-                                                         attention_mask, query.device)
-            attended = factorized_flex(query, key, value, shared_state[mask_key], self.scaling)
+            attended = fixed_compact(self, query, key, value, attention_mask, self.factors, self.config.local_size,
+                                     self.config.num_summary, self.is_causal, masks=shared_state)
         else:
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
         if attention_mask is not None:  # padding rows are zero
