@@ -107,6 +107,9 @@ def test_f1_matches_hand_computation_for_every_average(loaded, seed):
 
 def test_f1_refuses_settings_that_do_not_fit(loaded):
     f1 = loaded["f1"]
+    for name in ("accuracy", "f1"):  # nothing to score is an error, not a score of 0
+        with pytest.raises(ValueError, match="No examples to score"):
+            loaded[name].compute(predictions=[], references=[])
     with pytest.raises(ValueError, match="average='binary' needs at most two classes"):
         f1.compute(predictions=[0, 1, 2], references=[0, 1, 1])
     with pytest.raises(ValueError, match="pos_label=5 is not one of the classes"):

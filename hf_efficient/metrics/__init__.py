@@ -45,6 +45,8 @@ def token_log_likelihoods(logits, labels: torch.Tensor, causal: bool) -> torch.T
     """
     if isinstance(logits, tuple):
         logits = logits[0]
+    if labels is None:
+        raise ValueError("token_log_likelihoods needs the labels (Trainer passes them when the dataset has labels).")
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (batch, seq).")
     if causal:

@@ -5,7 +5,10 @@ import numpy as np
 
 
 def example_weights(sample_weight, count: int) -> np.ndarray:
-    """The per-example weights as float64, ones when none are given; one finite, non-negative weight per example."""
+    """The per-example weights as float64, ones when none are given; one finite, non-negative weight per example.
+    No example at all is an error (a score of nothing is undefined)."""
+    if count == 0:
+        raise ValueError("No examples to score: predictions and references are empty.")
     if sample_weight is None:
         return np.ones(count)
     weights = np.asarray(sample_weight, dtype=np.float64)
