@@ -25,7 +25,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 import hf_efficient  # noqa: F401  (registers the Auto classes)
-from hf_efficient import EfficientLongformerForSequenceClassification
+from hf_efficient import EfficientLongformerForSequenceClassification, metrics
 from hf_efficient.conversion.convert import convert
 
 PAD, CLS, MARKER = 0, 1, 7  # ordinary tokens are drawn from 10..99, so MARKER appears only where placed
@@ -114,6 +114,18 @@ def arguments(output_dir, **overrides) -> TrainingArguments:
     return TrainingArguments(**{**settings, **overrides})
 
 
+def classification_metrics():
+    """compute_metrics with the packaged accuracy and F1 (hf_efficient.metrics: evaluate modules, no Hub)."""
+    accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
+
+    def compute_metrics(eval_pred):
+        predictions = eval_pred.predictions.argmax(-1)
+        return {**accuracy.compute(predictions=predictions, references=eval_pred.label_ids),
+                **f1.compute(predictions=predictions, references=eval_pred.label_ids)}
+
+    return compute_metrics
+
+
 def test_auto_class_gives_our_head(converted):
     model = AutoModelForSequenceClassification.from_pretrained(converted, num_labels=2)
     assert type(model) is EfficientLongformerForSequenceClassification
@@ -131,11 +143,12 @@ def test_trainer_learns_and_saved_model_reloads(converted, tmp_path):
         model=model,
         args=arguments(tmp_path / "run", per_device_train_batch_size=8, max_steps=40, learning_rate=1e-2,
                        warmup_steps=0, lr_scheduler_type="constant"),
-        train_dataset=train, eval_dataset=held_out, data_collator=collate,
+        train_dataset=train, eval_dataset=held_out, data_collator=collate, compute_metrics=classification_metrics(),
     )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
-    after = trainer.evaluate()["eval_loss"]
+    evaluation = trainer.evaluate()
+    after = evaluation["eval_loss"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     # The global token's column survives Trainer's unused-column removal and reaches the model.
@@ -155,7 +168,12 @@ def test_trainer_learns_and_saved_model_reloads(converted, tmp_path):
     with torch.no_grad():
         expected, actual = trained(**batch).logits, reloaded(**batch).logits
     assert (actual - expected).abs().max() <= 1e-6
-    assert (expected.argmax(-1) == labels).float().mean() >= 0.9
+    predicted = expected.argmax(-1)
+    assert (predicted == labels).float().mean() >= 0.9
+    # Trainer's compute_metrics (the packaged accuracy and binary F1) agrees with counting the predictions by hand
+    tp, fp, fn = (int(((predicted == p) & (labels == r)).sum()) for p, r in ((1, 1), (1, 0), (0, 1)))
+    assert evaluation["eval_accuracy"] == pytest.approx(float((predicted == labels).float().mean()))
+    assert evaluation["eval_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
 
 
 def one_step(model, data, output_dir, batch_size: int, accumulation: int) -> tuple[dict, dict]:

@@ -106,6 +106,17 @@ class EfficientAttention(nn.Module):
             )
         return chosen
 
+    @classmethod
+    def lora_targets(cls, config: EfficientConfig) -> tuple[str, ...]:
+        """The nn.Linear projections a LoRA adapter wraps, named inside the attention module (hf_efficient.lora)."""
+        return ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    @classmethod
+    def lora_trained_in_full(cls, config: EfficientConfig) -> tuple[str, ...]:
+        """The attention's other trainable modules, which LoRA can't wrap (not nn.Linear, or weights read directly
+        rather than through the module's forward): PEFT's `modules_to_save` trains them in full."""
+        return ()
+
     @property
     def dropout(self) -> float:
         return self.attention_dropout if self.training else 0.0

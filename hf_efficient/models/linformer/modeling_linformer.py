@@ -63,6 +63,12 @@ class EfficientLinformerAttention(EfficientAttention):
         self.key_length_proj = LengthProjection(groups, k, n) if owns_key_projection else None
         self.value_length_proj = LengthProjection(groups, k, n) if self.sharing in ("none", "headwise") else None
 
+    @classmethod
+    def lora_trained_in_full(cls, config: EfficientLinformerConfig) -> tuple[str, ...]:
+        """E and F: (groups, k, n) weights read directly, trained in full."""
+        return ("key_length_proj", "value_length_proj") if config.projection_sharing in ("none", "headwise") else \
+            ("key_length_proj",)
+
     def length_projections(self, shared_state: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E, F) weights for this layer; under layerwise sharing the first layer's E, passed on in shared_state."""
         if self.sharing == "layerwise":

@@ -50,6 +50,10 @@ class EfficientLongformerAttention(EfficientAttention):
         self.k_global_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.attention_bias)
         self.v_global_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.attention_bias)
 
+    @classmethod
+    def lora_targets(cls, config: EfficientLongformerConfig) -> tuple[str, ...]:
+        return (*super().lora_targets(config), "q_global_proj", "k_global_proj", "v_global_proj")
+
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
         gpu = "flex" if flex_available() else None
         return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)

@@ -72,6 +72,11 @@ class EfficientMemoryCompressedAttention(EfficientAttention):
             self.key_compression = SequenceCompression(channels, config.compression_factor)
             self.value_compression = SequenceCompression(channels, config.compression_factor)
 
+    @classmethod
+    def lora_trained_in_full(cls, config: EfficientMemoryCompressedConfig) -> tuple[str, ...]:
+        """The key and value convolutions of the compressed layers (their weights are read directly)."""
+        return () if config.identity_compression else ("key_compression", "value_compression")
+
     def compressed_memory(self, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None,
                           compressor=compress) -> tuple[torch.Tensor, torch.Tensor]:
         """The slots (batch, kv_heads, ceil(L / c), d) of keys and values (the keys themselves under identity)."""

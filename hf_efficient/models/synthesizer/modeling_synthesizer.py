@@ -125,6 +125,24 @@ class EfficientSynthesizerAttention(EfficientAttention):
         if not self.uses_dot_product:  # kept, so that one checkpoint serves every setting, but not trained
             self.q_proj, self.k_proj = UnusedProjection(self.q_proj), UnusedProjection(self.k_proj)
 
+    @classmethod
+    def lora_targets(cls, config: EfficientSynthesizerConfig) -> tuple[str, ...]:
+        """v_proj and o_proj; q_proj and k_proj only where the dot product is used (else they are frozen buffers)."""
+        if DOT_PRODUCT in config.synthesizer_components or config.dot_product_only:
+            return super().lora_targets(config)
+        return ("v_proj", "o_proj")
+
+    @classmethod
+    def lora_trained_in_full(cls, config: EfficientSynthesizerConfig) -> tuple[str, ...]:
+        """The synthetic components with parameters (dense and factorized dense always, random ones when trainable);
+        their tables are (heads, n, ...) weights, not projections. The mixture's alphas, a parameter of the attention
+        module itself, stay frozen under LoRA."""
+        if config.dot_product_only:
+            return ()
+        trained = [c for c in config.synthesizer_components
+                   if c != DOT_PRODUCT and (c not in RANDOM_COMPONENTS or config.random_trainable)]
+        return tuple(f"synthesizers.{component}" for component in trained)
+
     def alpha(self, component: str) -> torch.Tensor | float:
         if self.mixture_weights is None:
             return 1.0
