@@ -10,7 +10,7 @@ from ...attention.factorized import (
     head_factors,
     heads_keep,
 )
-from ...attention.flex import MIN_HEAD_DIM, flex_available
+from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available
 from ...core.attention import EfficientAttention
 from ...core.heads import (
     EfficientForCausalLM,
@@ -73,9 +73,12 @@ class EfficientSparseTransformerAttention(EfficientAttention):
             attended = factorized_blocked(self, query, key, value, attention_mask, self.factors, *self.settings)
         elif backend == "flex":
             mask_key = ("sparse_transformer_block_mask", self.factors)
-            if mask_key not in shared_state:
-                shared_state[mask_key] = flex_block_mask(query.shape[2], self.factors, *self.settings,
-                                                         attention_mask, query.device)
+            if mask_key not in shared_state:  # built on the length's shape bucket (see attention/flex.py)
+                batch, length, device = query.shape[0], query.shape[2], query.device
+                bucket = bucket_length(length)
+                shared_state[mask_key] = flex_block_mask(bucket, self.factors, *self.settings,
+                                                         bucket_keep(attention_mask, batch, length, bucket, device),
+                                                         device)
             attended = factorized_flex(query, key, value, shared_state[mask_key], self.scaling)
         else:
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
