@@ -17,6 +17,8 @@ from hf_efficient import (
     EfficientBigBirdModel,
     EfficientLongformerConfig,
     EfficientLongformerModel,
+    EfficientPerformerConfig,
+    EfficientPerformerModel,
     EfficientSparseTransformerConfig,
     EfficientSparseTransformerModel,
 )
@@ -323,3 +325,42 @@ def test_performer_compiled_graphs_stay_at_the_buckets_touched(compile_counter):
         buckets.add(bucket_length(length))
         assert compile_counter.frame_count == len(buckets)
 
+
+
+# ------------------------------------------------------------------------------------ GPU: gradients, real kernels
+GPU_VARIANTS = {**VARIANTS, "performer": (EfficientPerformerModel, EfficientPerformerConfig, dict(nb_features=32),
+                                          False)}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize("name", list(GPU_VARIANTS))
+def test_gpu_padded_batches_match_blocked_and_compile_once_per_bucket(name):
+    """Compiled kernels (FlexAttention; Performer's torch.compile) on padded batches: outputs and every gradient as
+    close to the blocked path as fp32 rounding lets the naive reference come (tests/backend_agreement.py), then 16
+    padded batches of random lengths 1..2048: a batch whose bucket was seen before compiles nothing."""
+    from backend_agreement import assert_fast_path_within_rounding
+    from torch._dynamo.utils import counters
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model_class, config_class, knobs, globals_ = GPU_VARIANTS[name]
+    torch.manual_seed(0)
+    config = config_class(**{**BASE, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}, **knobs)
+    model = model_class(config).cuda().train()
+    fast = "compiled" if name == "performer" else "flex"
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for length in (300, 700):
+        inputs = {k: v.cuda() for k, v in padded_batch(length, generator, globals_).items()}
+        assert_fast_path_within_rounding(model, fast, inputs, inputs["attention_mask"].bool())
+        seen.add(bucket_length(length))
+    model.config.attention_backend = fast
+    for length in log_uniform_lengths(16, 2048, seed=1):
+        inputs = {k: v.cuda() for k, v in padded_batch(length, generator, globals_).items()}
+        before = counters["stats"]["unique_graphs"]
+        model(**inputs).last_hidden_state.square().mean().backward()
+        compiled_now = counters["stats"]["unique_graphs"] - before
+        if bucket_length(length) in seen:
+            assert compiled_now == 0, f"length {length} recompiled inside bucket {bucket_length(length)}"
+        seen.add(bucket_length(length))
+    model.config.attention_backend = "auto"
