@@ -5,11 +5,12 @@ see block_mask_emulation.py). GPU tests (marked gpu) check gradients and graph c
 
 import math
 import random
+import shutil
 import warnings
 
 import pytest
 import torch
-from block_mask_emulation import emulate_flex_kernel, kernel_keep, tile_tables
+from block_mask_emulation import emulate_flex_kernel, kernel_attention, kernel_keep, tile_tables
 from torch._dynamo.testing import CompileCounter
 
 from hf_efficient import (
@@ -29,7 +30,7 @@ from hf_efficient.attention.favor import (
     favor_causal_chunked,
     feature_map,
 )
-from hf_efficient.attention.flex import SMALLEST_BUCKET, bucket_keep, bucket_length, pad_length
+from hf_efficient.attention.flex import SMALLEST_BUCKET, bucket_keep, bucket_length, flex_attend, pad_length
 from hf_efficient.core.attention import EfficientAttention
 from hf_efficient.models.performer.modeling_performer import bucket_inputs
 
@@ -226,6 +227,59 @@ def test_bigbird_tiles_on_a_bucket_keep_exactly_the_unpadded_pattern(tile):
     reference = block_sparse.token_keep(real, pattern_of(real)).repeat_interleave(heads // kv_heads, dim=1)
     real_local_rows_equal(kernel_keep(mask, heads), reference, keep)
     assert_really_sparse(mask, some_full=tile <= size)  # wider tiles hold block pairs outside the window
+
+
+NEEDS_COMPILER = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="torch.compile on CPU needs a C++ compiler")
+
+
+@NEEDS_COMPILER
+def test_the_emulation_reads_tiles_as_the_compiled_kernel_does():
+    """Compiled FlexAttention on CPU (inductor's C++ kernel) skips unlisted tiles, keeps full tiles whole and applies
+    mask_mod in partial ones, as block_mask_emulation assumes; the eager path applies mask_mod everywhere."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    counts = torch.tensor([[[1, 1]]], dtype=torch.int32)  # query tile 0: key tile 1 partial; tile 1: 1 partial, 0 full
+    indices = torch.tensor([[[[1, 0], [1, 0]]]], dtype=torch.int32)
+    full_counts = torch.tensor([[[0, 1]]], dtype=torch.int32)
+    full_indices = torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
+
+    def every_third(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).remainder(3) == 0
+
+    mask = BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=128, mask_mod=every_third,
+                                    seq_lengths=(256, 256))
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 1, 256, 16, generator=generator) for _ in range(3))
+    kernel = flex_attend(query, key, value, mask, 0.25)
+    torch.testing.assert_close(kernel, kernel_attention(query, key, value, mask, 0.25).transpose(1, 2), rtol=1e-5,
+                               atol=1e-5)
+    assert (kernel - flex_attend(query, key, value, mask, 0.25, compiled=False)).abs().max() > 0.1
+
+
+@NEEDS_COMPILER
+def test_longformer_compiled_on_cpu_equals_the_reference_with_one_graph_per_bucket():
+    """The real compiled kernel (inductor on CPU) over the bucketed BlockMask: two lengths of one bucket, padding and
+    global tokens; real local rows equal the reference, and the second length compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # no graph of an earlier test counts
+    generator = torch.Generator().manual_seed(0)
+    heads, dim, one_sided = 2, 16, 20
+    for length, new_graphs in ((300, 1), (450, 0)):
+        bucket = bucket_length(length)
+        inputs = padded_batch(length, generator, globals_=True)
+        keep, is_global = inputs["attention_mask"].bool(), inputs["global_attention_mask"].bool()
+        query, key, value = (torch.randn(3, heads, length, dim, generator=generator) for _ in range(3))
+        mask = sliding_window.flex_block_mask(bucket, one_sided, 1, False, bucket_keep(keep, 3, length, bucket,
+                                              keep.device), pad_length(is_global, bucket, dim=1), keep.device)
+        before = counters["stats"]["unique_graphs"]
+        kernel = flex_attend(query, key, value, mask, dim**-0.5)
+        assert counters["stats"]["unique_graphs"] - before == new_graphs
+        reference, _ = sliding_window.sliding_window_reference(query, key, value, query, key, value, keep, is_global,
+                                                               one_sided, 1, False, dim**-0.5)
+        rows = keep & ~is_global
+        torch.testing.assert_close(kernel[rows], reference[rows], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------- whole models: flex on buckets equals the reference
