@@ -158,19 +158,34 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
 }
 
 
+def our_config(name: str, length: int, setup: Setup, overrides: dict | None = None):
+    """The config of our model `name` at these sizes, with the paper's knobs, causal when the setup is (and config
+    `overrides`)."""
+    variant, knobs, _ = OUR_VARIANTS[name]
+    entry = hf_efficient.VARIANTS[f"efficient_{variant}"]
+    causal = {"is_causal": True} if setup.causal else {}
+    config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs), **causal,
+                          **(overrides or {}))
+    config._attn_implementation = "sdpa"  # our blocked paths call transformers' attention interface
+    return config
+
+
+def our_label(name: str, knobs: Knobs, overrides: dict | None = None) -> str:
+    variant, _, label = OUR_VARIANTS[name]
+    backend = f", attention_backend={overrides['attention_backend']}" if "attention_backend" in (overrides or {}) \
+        else ""
+    return f"ours: {variant} ({label.format(k=knobs)}{backend})"
+
+
 def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> ModelSpec:
     """Our model `name` with the paper's knobs (and config `overrides`): its masked-LM head, or its causal-LM head
     (same shape) when the setup or the overrides make it causal. `suffix` is added to the row's name."""
-    variant, knobs, label = OUR_VARIANTS[name]
+    variant = OUR_VARIANTS[name][0]
     model_type = f"efficient_{variant}"
 
     def build(length: int, setup: Setup) -> nn.Module:
-        entry = hf_efficient.VARIANTS[model_type]
-        causal = {"is_causal": True} if setup.causal else {}
-        config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs), **causal,
-                              **(overrides or {}))
-        config._attn_implementation = "sdpa"  # our blocked paths call transformers' attention interface
-        return entry.heads["causal_lm" if config.is_causal else "masked_lm"](config)
+        config = our_config(name, length, setup, overrides)
+        return hf_efficient.VARIANTS[model_type].heads["causal_lm" if config.is_causal else "masked_lm"](config)
 
     def unavailable(setup: Setup) -> str | None:
         if model_type not in hf_efficient.VARIANTS:
@@ -179,10 +194,8 @@ def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> Mode
             return f"n.a.: {variant} has no causal form"
         return None
 
-    backend = f", attention_backend={overrides['attention_backend']}" if "attention_backend" in (overrides or {}) \
-        else ""
-    return ModelSpec(name + suffix, "ours", lambda k: f"ours: {variant} ({label.format(k=k)}{backend})", build,
-                     unavailable, modes=("masked", "causal"))
+    return ModelSpec(name + suffix, "ours", lambda k: our_label(name, k, overrides), build, unavailable,
+                     modes=("masked", "causal"))
 
 
 def backbone(sizes: Sizes, length: int) -> dict:
@@ -195,10 +208,25 @@ def backbone(sizes: Sizes, length: int) -> dict:
 # ---------------------------------------------------------------- transformers' anchors
 
 
-def build_bert(length: int, setup: Setup) -> nn.Module:
-    config = transformers.BertConfig(**backbone(setup.sizes, length))
+def bert_config(length: int, setup: Setup, **fields) -> transformers.BertConfig:
+    config = transformers.BertConfig(**backbone(setup.sizes, length), **fields)
     config._attn_implementation = "sdpa"
-    return transformers.BertForMaskedLM(config)
+    return config
+
+
+def hf_bigbird_config(length: int, setup: Setup, **fields) -> transformers.BigBirdConfig:
+    return transformers.BigBirdConfig(**backbone(setup.sizes, length), attention_type="block_sparse",
+                                      block_size=setup.knobs.block, num_random_blocks=3, **fields)
+
+
+def hf_longformer_config(length: int, setup: Setup, **fields) -> transformers.LongformerConfig:
+    sizes = backbone(setup.sizes, length) | {"max_position_embeddings": length + 2}  # RoBERTa positions: + 2
+    return transformers.LongformerConfig(**sizes, attention_window=[setup.knobs.window] * setup.sizes.layers,
+                                         **fields)
+
+
+def build_bert(length: int, setup: Setup) -> nn.Module:
+    return transformers.BertForMaskedLM(bert_config(length, setup))
 
 
 def build_llama(length: int, setup: Setup) -> nn.Module:
@@ -212,15 +240,11 @@ def build_llama(length: int, setup: Setup) -> nn.Module:
 
 
 def build_hf_bigbird(length: int, setup: Setup) -> nn.Module:
-    config = transformers.BigBirdConfig(**backbone(setup.sizes, length), attention_type="block_sparse",
-                                        block_size=setup.knobs.block, num_random_blocks=3)
-    return transformers.BigBirdForMaskedLM(config)
+    return transformers.BigBirdForMaskedLM(hf_bigbird_config(length, setup))
 
 
 def build_hf_longformer(length: int, setup: Setup) -> nn.Module:
-    fields = backbone(setup.sizes, length) | {"max_position_embeddings": length + 2}  # RoBERTa positions: + 2
-    config = transformers.LongformerConfig(**fields, attention_window=[setup.knobs.window] * setup.sizes.layers)
-    return transformers.LongformerForMaskedLM(config)
+    return transformers.LongformerForMaskedLM(hf_longformer_config(length, setup))
 
 
 def build_hf_reformer(length: int, setup: Setup) -> nn.Module:

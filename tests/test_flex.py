@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from hf_efficient.attention.flex import block_mask, flex_attend
+from hf_efficient.attention.flex import flex_attend
 
 
 def local_mask(window: int):
@@ -22,6 +22,8 @@ def local_mask(window: int):
 def test_many_lengths_and_masks_stay_compiled():
     """Past dynamo's default recompile limit (8) torch.compile would fall back to eager flex_attention, which
     materialises the N x N scores and warns; 6 lengths x 2 mask functions must all run compiled and be exact."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
     torch.backends.cuda.matmul.allow_tf32 = False
     generator = torch.Generator(device="cuda").manual_seed(0)
     for length in range(128, 128 * 7, 128):
@@ -29,7 +31,8 @@ def test_many_lengths_and_masks_stay_compiled():
             query, key, value = (torch.randn(1, 2, length, 16, device="cuda", generator=generator) for _ in range(3))
             with warnings.catch_warnings():
                 warnings.simplefilter("error", UserWarning)  # how the eager fallback announces itself
-                out = flex_attend(query, key, value, block_mask(local_mask(window), None, length, query.device), 0.25)
+                mask = create_block_mask(local_mask(window), None, None, length, length, device=query.device)
+                out = flex_attend(query, key, value, mask, 0.25)
             positions = torch.arange(length, device="cuda")
             allowed = (positions[:, None] - positions[None, :]).abs() <= window
             scores = (query @ key.transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))

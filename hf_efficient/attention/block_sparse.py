@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
-from .flex import FLEX_TILE, SMALL_FLEX_TILE, flex_attend, small_tiles_compile
+from .flex import FLEX_TILE, SMALL_FLEX_TILE, flex_attend, small_tiles_compile, tile_block_mask, token_tiles
 from .global_tokens import gather_positions, global_slots, scatter_global_rows
 
 
@@ -311,35 +311,34 @@ def flex_tile(block_size: int, query: torch.Tensor) -> int:
 def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, device: torch.device,
                     tile: int = FLEX_TILE):
     """The token-level pattern of `token_keep` as a FlexAttention BlockMask of tile x tile tiles, per row and per
-    query head.
+    query head (rows of padding queries are not computed).
 
     The BlockMask is built from the block table itself (`tile_table`), O(batch h (N/b)^2 N/128) work, instead of
     evaluating mask_mod on every (query, key) pair (create_block_mask: O(batch h N^2) per layer and forward, which
-    at 64K tokens cost more than the attention). The mask_mod still decides inside the partial tiles."""
-    from torch.nn.attention.flex_attention import BlockMask
-
+    at 64K tokens cost more than the attention). The mask_mod still decides inside the partial tiles; it reads the
+    table, the real keys and the extra global tokens from tensors (zeros when there are none), so every batch of a
+    shape runs the same compiled kernel."""
     groups = num_heads // table.shape[1]
-    table, real, extra = table.contiguous(), layout.key_real.contiguous(), layout.extra_global
+    table, real = table.contiguous(), layout.key_real.contiguous()
+    extra = layout.extra_global
+    extra = torch.zeros_like(real[:, :layout.length]) if extra is None else extra.bool().contiguous()
     size = layout.block_size
 
     def mask_mod(b, h, q_idx, kv_idx):
-        allowed = table[b, h // groups, q_idx // size, kv_idx // size]
-        if extra is not None:
-            allowed = allowed | extra[b, q_idx] | extra[b, kv_idx]
+        allowed = table[b, h // groups, q_idx // size, kv_idx // size] | extra[b, q_idx] | extra[b, kv_idx]
         return (allowed & real[b, kv_idx]) | (q_idx == kv_idx)
 
     partial, full = tile_table(layout, table, tile)
     partial, full = partial.repeat_interleave(groups, dim=1), full.repeat_interleave(groups, dim=1)
-    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
-                                    mask_mod=mask_mod, seq_lengths=(layout.length, layout.length))
+    return tile_block_mask(partial, full, mask_mod, layout.length, tile)
 
 
 def tile_table(layout: BlockLayout, table: torch.Tensor, tile: int = FLEX_TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial, full): (batch, kv_heads, T, T) bool over the BlockMask's tile x tile tiles, T = ceil(N / tile). A
     tile is full when every pair in it is kept (all its block pairs in the table, all its keys real, inside N);
     partial when some pair may be kept (a block pair, an extra global token's row or column, the diagonal) but not
-    all. With O the (T, blocks) 0/1 overlap of tiles and blocks, O table O^T counts the kept block pairs of each
-    tile."""
+    all. Query tiles without a real token are neither: their rows are never computed. With O the (T, blocks) 0/1
+    overlap of tiles and blocks, O table O^T counts the kept block pairs of each tile."""
     length, tile_count = layout.length, -(-layout.length // tile)
     device = table.device
     tokens = torch.arange(length, device=device)
@@ -349,23 +348,16 @@ def tile_table(layout: BlockLayout, table: torch.Tensor, tile: int = FLEX_TILE) 
     pair_count = overlap.sum(1)
     any_kept = kept_pairs > 0
     all_kept = kept_pairs == pair_count[:, None] * pair_count[None, :]
-    padding = tile_count * tile - length  # beyond N: True for "all real", False for "any global"
-    all_real = F.pad(layout.key_real[:, :length], (0, padding), value=True).view(-1, tile_count, tile).all(-1)
+    any_real, all_real = token_tiles(layout.key_real[:, :length], tile)  # past N: neither
     whole = torch.ones(tile_count, dtype=torch.bool, device=device)
     whole[-1] = length % tile == 0
-    full = all_kept & all_real[:, None, None, :] & whole[None, None, :, None] & whole[None, None, None, :]
+    rows = any_real[:, None, :, None]
+    full = all_kept & all_real[:, None, None, :] & whole[None, None, :, None] & rows
     any_kept = any_kept | torch.eye(tile_count, dtype=torch.bool, device=device)
     if layout.extra_global is not None:
-        extra = F.pad(layout.extra_global, (0, padding), value=False).view(-1, tile_count, tile).any(-1)
+        extra = token_tiles(layout.extra_global, tile)[0]
         any_kept = any_kept | extra[:, None, :, None] | extra[:, None, None, :]
-    return any_kept & ~full, full
-
-
-def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (batch, heads, T, T) tile table as BlockMask's (counts, column indices listed first where kept)."""
-    counts = tiles.sum(-1, dtype=torch.int32)
-    indices = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return counts.contiguous(), indices.contiguous()
+    return any_kept & rows & ~full, full
 
 
 def block_sparse_flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention, repeat_kv
 from .compiled import run_compiled
-from .flex import block_mask, flex_attend, tile_kernel_options
+from .flex import FLEX_TILE, block_mask, flex_attend, offset_tiles, tile_block_mask, tile_kernel_options, token_tiles
 
 PATTERNS = ("strided", "fixed")
 FACTORS = ("A1", "A2", "both")
@@ -333,33 +333,62 @@ def merge_partials(first, second) -> torch.Tensor:
 
 
 def flex_block_mask(length: int, factors: tuple[str, ...], pattern: str, local_size: int, num_summary: int,
-                    causal: bool, keep: torch.Tensor | None, device: torch.device):
-    """The pattern as a FlexAttention BlockMask (per head when the heads differ), padding keys removed."""
-    if keep is None:
-        return _structural_block_mask(length, factors, pattern, local_size, num_summary, causal, str(device))
-    return _build_block_mask(length, factors, pattern, local_size, num_summary, causal, keep, device)
-
-
-@functools.lru_cache(maxsize=32)
-def _structural_block_mask(length, factors, pattern, local_size, num_summary, causal, device: str):
-    return _build_block_mask(length, factors, pattern, local_size, num_summary, causal, None, torch.device(device))
-
-
-def _build_block_mask(length, factors, pattern, local_size, num_summary, causal, keep, device):
+                    causal: bool, keep: torch.Tensor | None, device: torch.device, tile: int = FLEX_TILE):
+    """The pattern as a FlexAttention BlockMask over `length` tokens (a shape bucket: keep (batch, length) marks the
+    real ones), per head when the heads differ, padding keys removed. Each factor's tiles come from its structure
+    alone (`factor_tiles`, cached per length); the padding enters as tile-level any/all of `keep`."""
+    batch = 1 if keep is None else keep.shape[0]
+    keep = torch.ones(batch, length, dtype=torch.bool, device=device) if keep is None else keep.bool().contiguous()
     distinct = tuple(dict.fromkeys(factors))
     boundary = factors.index(distinct[-1])  # "heads": heads from here on use the second factor
+    tiles = -(-length // tile)
+    tables = {f: factor_tiles(tiles, tile, pattern, f, local_size, num_summary, causal, str(device)) for f in distinct}
+    heads = factors if len(distinct) > 1 else distinct
+    pattern_any = torch.stack([tables[f][0] for f in heads])[None]  # (1, 1 or heads, T, T)
+    pattern_all = torch.stack([tables[f][1] for f in heads])[None]
+    real_any, real_all = token_tiles(keep, tile)  # (batch, T)
+    rows = real_any[:, None, :, None]  # query tiles without a real token list no tile: their rows are never computed
+    partial = pattern_any & real_any[:, None, None, :] & rows
+    full = pattern_all & real_all[:, None, None, :] & rows
 
     def mask_mod(b, h, q_idx, kv_idx):
         allowed = factor_keep(q_idx, kv_idx, pattern, distinct[0], local_size, num_summary, causal)
         if len(distinct) > 1:
             second = factor_keep(q_idx, kv_idx, pattern, distinct[1], local_size, num_summary, causal)
             allowed = torch.where(h < boundary, allowed, second)
-        if keep is not None:
-            allowed = allowed & keep[b, kv_idx]
-        return allowed | (q_idx == kv_idx)
+        return (allowed & keep[b, kv_idx]) | (q_idx == kv_idx)
 
-    batch = None if keep is None else keep.shape[0]
-    return block_mask(mask_mod, batch, length, device, heads=None if len(distinct) == 1 else len(factors))
+    return tile_block_mask(partial, full, mask_mod, length, tile)
+
+
+@functools.lru_cache(maxsize=64)
+def factor_tiles(tiles: int, tile: int, pattern: str, factor: str, local_size: int, num_summary: int, causal: bool,
+                 device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any, all) (tiles, tiles) bool over tile x tile tiles: the tiles where `factor` of `pattern` (with j = i)
+    keeps some pair, and tiles where it keeps every pair (exact, except that a "both" tile of the fixed pattern
+    covered only by the union of A1 and A2 counts as partial). O(tiles^2 + tiles * tile) work, never O(N^2)."""
+    device = torch.device(device)
+    if pattern == "strided":  # every strided factor depends only on the offset i - j
+        return offset_tiles(lambda diff: factor_keep(diff, torch.zeros_like(diff), pattern, factor, local_size,
+                                                     num_summary, causal), tiles, tile, device)
+    starts = torch.arange(tiles, device=device) * tile
+    first_block, last_block = starts // local_size, (starts + tile - 1) // local_size  # (T,): blocks of l a tile meets
+    # A1: query i and key j share a block of l: the tiles' block ranges overlap; every pair, when both lie in one
+    share_any = (first_block[:, None] <= last_block[None, :]) & (first_block[None, :] <= last_block[:, None])
+    one_block = first_block == last_block
+    share_all = one_block[:, None] & one_block[None, :] & (first_block[:, None] == first_block[None, :])
+    # A2: key j is a summary column (the last c of its block): some / all keys of tile J are
+    positions = torch.arange(tiles * tile, device=device).view(tiles, tile)
+    summary = positions.remainder(local_size) >= local_size - num_summary
+    summary_any = summary.any(-1)[None, :].expand(tiles, tiles)
+    summary_all = summary.all(-1)[None, :].expand(tiles, tiles)
+    any_kept = {"A1": share_any, "A2": summary_any, "both": share_any | summary_any}[factor]
+    all_kept = {"A1": share_all, "A2": summary_all, "both": share_all | summary_all}[factor]
+    diagonal = torch.eye(tiles, dtype=torch.bool, device=device)
+    if causal:  # keys of an earlier tile all precede the query tile; a later tile's all follow it
+        earlier = torch.ones(tiles, tiles, dtype=torch.bool, device=device).tril(-1)
+        any_kept, all_kept = any_kept & (earlier | diagonal), all_kept & earlier
+    return any_kept | diagonal, all_kept
 
 
 def factorized_flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,

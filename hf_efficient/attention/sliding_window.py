@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
-from .flex import block_mask, flex_attend
+from .flex import FLEX_TILE, flex_attend, offset_tiles, tile_block_mask, token_tiles
 from .global_tokens import gather_positions
 
 
@@ -173,36 +173,43 @@ def global_rows(
 
 def flex_block_mask(
     length: int, one_sided: int, dilation: int, causal: bool, keep: torch.Tensor | None,
-    is_global: torch.Tensor | None, device: torch.device,
+    is_global: torch.Tensor | None, device: torch.device, tile: int = FLEX_TILE,
 ):
-    """The pattern as a FlexAttention BlockMask; blocks that the band and the global columns miss are skipped."""
-    if keep is None and is_global is None:
-        return _structural_block_mask(length, one_sided, dilation, causal, str(device))
-    return _build_block_mask(length, one_sided, dilation, causal, keep, is_global, device)
+    """The local rows' pattern (band, global-key columns, real keys) as a FlexAttention BlockMask over `length`
+    tokens (a shape bucket: keep (batch, length) marks the real ones). The band's tiles come from its offsets alone
+    (`band_tiles`, cached per length); the padding and global tokens enter as tile-level any/all of their masks."""
+    batch = 1 if keep is None and is_global is None else (keep if keep is not None else is_global).shape[0]
+    keep = torch.ones(batch, length, dtype=torch.bool, device=device) if keep is None else keep.bool().contiguous()
+    is_global = torch.zeros_like(keep) if is_global is None else is_global.bool().contiguous()
+    tiles = -(-length // tile)
+    band_any, band_all = band_tiles(tiles, tile, one_sided, dilation, causal, str(device))
+    real_any, real_all = token_tiles(keep, tile)  # (batch, T)
+    visible = token_tiles(is_global & keep, tile)[0][:, None, :]  # (batch, 1, T): a global key in tile J
+    if causal:
+        visible = visible & torch.ones(tiles, tiles, dtype=torch.bool, device=device).tril()
+    rows = real_any[:, :, None]  # query tiles without a real token list no tile: their rows are never computed
+    partial = (band_any | visible) & real_any[:, None, :] & rows
+    full = band_all & real_all[:, None, :] & rows
 
-
-@functools.lru_cache(maxsize=32)
-def _structural_block_mask(length: int, one_sided: int, dilation: int, causal: bool, device: str):
-    return _build_block_mask(length, one_sided, dilation, causal, None, None, torch.device(device))
-
-
-def _build_block_mask(length, one_sided, dilation, causal, keep, is_global, device):
     def mask_mod(b, h, q_idx, kv_idx):
         diff = q_idx - kv_idx
-        allowed = band(diff, one_sided, dilation, causal)
-        if is_global is not None:
-            visible = (is_global[b, kv_idx] & (diff >= 0)) if causal else is_global[b, kv_idx]
-            allowed = allowed | visible
-        if keep is not None:
-            allowed = allowed & keep[b, kv_idx]
-        return allowed | (diff == 0)
+        visible = is_global[b, kv_idx] & (diff >= 0) if causal else is_global[b, kv_idx]
+        return ((band(diff, one_sided, dilation, causal) | visible) & keep[b, kv_idx]) | (diff == 0)
 
-    batch = None if keep is None and is_global is None else (keep if keep is not None else is_global).shape[0]
-    return block_mask(mask_mod, batch, length, device)
+    return tile_block_mask(partial[:, None], full[:, None], mask_mod, length, tile)
+
+
+@functools.lru_cache(maxsize=64)
+def band_tiles(tiles: int, tile: int, one_sided: int, dilation: int, causal: bool,
+               device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any, all) (tiles, tiles) bool: the tiles the dilated band touches and those it covers (a pure offset
+    pattern, see `flex.offset_tiles`)."""
+    return offset_tiles(lambda diff: band(diff, one_sided, dilation, causal), tiles, tile, torch.device(device))
 
 
 def sliding_window_flex(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float, compiled: bool = True
 ) -> torch.Tensor:
-    """FlexAttention over the block mask (global keys included). q (batch, heads, N, d) -> (batch, N, heads, d)."""
+    """FlexAttention over the block mask (global keys included). q (batch, heads, N, d) -> (batch, N, heads, d); the
+    mask may cover a longer bucket (see `flex.flex_attend`)."""
     return flex_attend(query, key, value, mask, scaling, compiled)

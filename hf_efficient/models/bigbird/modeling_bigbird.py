@@ -19,7 +19,7 @@ from ...attention.block_sparse import (
     seeded_random_blocks,
     token_keep,
 )
-from ...attention.flex import MIN_HEAD_DIM, flex_available
+from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available, pad_length
 from ...core.attention import EfficientAttention, repeat_kv
 from ...core.heads import (
     EfficientForMaskedLM,
@@ -76,6 +76,29 @@ class EfficientBigBirdAttention(EfficientAttention):
             config.min_sparse_blocks, tile,
         )
 
+    def flex_forward(self, query, key, value, attention_mask, global_attention_mask, draw, shared_state):
+        """FlexAttention on the length's shape bucket (see attention/flex.py): the layout of the padded batch (its
+        rows' blocks, global blocks and random blocks are those of the real tokens, so real outputs are unchanged),
+        or the cached mask of an unpadded input whose length is a bucket. -> (batch, N, heads, d)."""
+        config = self.config
+        batch, length, device = query.shape[0], query.shape[2], query.device
+        tile = flex_tile(config.block_size, query)
+        bucket = bucket_length(length)
+        if draw is None and attention_mask is None and global_attention_mask is None and bucket == length:
+            mask = self.structural_flex_mask(batch, length, device, tile)
+        else:
+            if "bigbird_flex_layout" not in shared_state:
+                extra = None if global_attention_mask is None else pad_length(global_attention_mask, bucket, dim=1)
+                shared_state["bigbird_flex_layout"] = block_layout(
+                    bucket_keep(attention_mask, batch, length, bucket, device), extra, batch, bucket,
+                    config.block_size, config.num_global_blocks, config.min_sparse_blocks, device)
+            layout = shared_state["bigbird_flex_layout"]
+            random = random_table(layout, self.num_key_value_heads, config.num_random_blocks,
+                                  lambda blocks: self.random_blocks(blocks, draw))
+            mask = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks), self.num_heads,
+                                   device, tile)
+        return block_sparse_flex(query, key, value, mask, self.scaling)
+
     def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
         gpu = "flex" if flex_available() else None
         return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
@@ -117,28 +140,22 @@ class EfficientBigBirdAttention(EfficientAttention):
         if self.training and config.resample_random_blocks_in_training:
             draw = int(torch.randint(0, 2**62, (1,)))  # torch's global generator, like dropout
         backend = self.backend(hidden_states, output_attentions)
-        structural = draw is None and attention_mask is None and global_attention_mask is None
-        if not (backend == "flex" and structural):  # the cached flex mask holds its own random blocks
+        if backend == "flex":
+            attended, weights = self.flex_forward(query, key, value, attention_mask, global_attention_mask, draw,
+                                                  shared_state), None
+        elif backend in ("reference", "blocked"):
             random = random_table(layout, self.num_key_value_heads, config.num_random_blocks,
                                   lambda blocks: self.random_blocks(blocks, draw))
-        if backend == "reference":
-            keep = token_keep(layout, block_table(layout, random, config.num_sliding_blocks))
-            groups = self.num_key_value_groups
-            attended, weights = block_sparse_reference(
-                query, repeat_kv(key, groups), repeat_kv(value, groups), repeat_kv(keep, groups), self.scaling
-            )
-        elif backend == "blocked":
-            attended, weights = block_sparse_blocked(
-                self, query, key, value, layout, random, config.num_sliding_blocks
-            ), None
-        elif backend == "flex":
-            tile = flex_tile(config.block_size, query)
-            if structural:
-                mask = self.structural_flex_mask(batch, length, query.device, tile)
+            if backend == "reference":
+                keep = token_keep(layout, block_table(layout, random, config.num_sliding_blocks))
+                groups = self.num_key_value_groups
+                attended, weights = block_sparse_reference(
+                    query, repeat_kv(key, groups), repeat_kv(value, groups), repeat_kv(keep, groups), self.scaling
+                )
             else:
-                mask = flex_block_mask(layout, block_table(layout, random, config.num_sliding_blocks),
-                                       self.num_heads, query.device, tile)
-            attended, weights = block_sparse_flex(query, key, value, mask, self.scaling), None
+                attended, weights = block_sparse_blocked(
+                    self, query, key, value, layout, random, config.num_sliding_blocks
+                ), None
         else:
             raise ValueError(f"Unknown attention_backend {backend!r}; use auto, reference, blocked or flex.")
         if attention_mask is not None:  # padding rows are zero

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from ...attention.flex import MIN_HEAD_DIM, flex_available
+from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available, pad_length
 from ...attention.global_tokens import global_slots, scatter_global_rows
 from ...attention.sliding_window import (
     band_keep,
@@ -101,10 +101,13 @@ class EfficientLongformerAttention(EfficientAttention):
         global_index, global_valid = shared_state.get("global_slots", (None, None))
         if backend == "flex":
             mask_key = ("longformer_block_mask", self.one_sided, self.dilation)
-            if mask_key not in shared_state:
+            if mask_key not in shared_state:  # built on the length's shape bucket (see attention/flex.py)
+                batch, length, device = query.shape[0], query.shape[2], query.device
+                bucket = bucket_length(length)
                 shared_state[mask_key] = flex_block_mask(
-                    query.shape[2], self.one_sided, self.dilation, self.is_causal, attention_mask, is_global,
-                    query.device,
+                    bucket, self.one_sided, self.dilation, self.is_causal,
+                    bucket_keep(attention_mask, batch, length, bucket, device),
+                    None if is_global is None else pad_length(is_global, bucket, dim=1), device,
                 )
             attended = sliding_window_flex(query, key, value, shared_state[mask_key], self.scaling)
         elif backend == "blocked":

@@ -15,6 +15,7 @@ from ...attention.favor import (
     favor_state,
     feature_map,
 )
+from ...attention.flex import bucket_keep, bucket_length, pad_length
 from ...core.attention import EfficientAttention
 from ...core.heads import (
     EfficientForCausalLM,
@@ -141,6 +142,9 @@ class EfficientPerformerAttention(EfficientAttention):
         compiled = backend == "compiled"
         if compiled and not query.is_cuda:
             raise ValueError("attention_backend='compiled' runs on CUDA only; use 'auto' or 'blocked' on this device.")
+        real = keep
+        if compiled and state is None:  # compiled graphs see a few lengths only: the shape bucket's
+            query, key, value, keep = bucket_inputs(query, key, value, keep)
         weights = None
         if backend != "reference":  # features and sums in one function (fused when compiled)
             arguments = (query, key, value, self.random_features, self.config.kernel, self.scaling**0.5, keep)
@@ -165,13 +169,24 @@ class EfficientPerformerAttention(EfficientAttention):
                 state = favor_state(key_features, key_log_scale, value, keep)
         if layer is not None:
             layer.advance(state, length)
+        attended = attended[..., :length, :]  # a bucket's padding queries dropped
         # (B, Hkv, G, N, d) -> (B, N, H, d)
         attended = attended.reshape(batch, self.num_heads, length, dim).transpose(1, 2).to(value.dtype)
-        if keep is not None:
-            attended = attended * keep[:, :, None, None]
+        if real is not None:
+            attended = attended * real[:, :, None, None]
         if output_attentions:
             weights = weights.reshape(batch, self.num_heads, length, length).to(value.dtype)
         return self.merge_heads(attended), weights
+
+
+def bucket_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None):
+    """q (B, Hkv, G, N, d), k/v (B, Hkv, 1, N, d) and keep (B, N) or None padded to N's shape bucket
+    (`flex.bucket_length`), the padding marked as padding keys; real tokens' outputs and the state after them are
+    those of the unpadded input (padding keys weigh 0). The keep mask is always a tensor: one compiled graph."""
+    batch, length = query.shape[0], query.shape[-2]
+    bucket = bucket_length(length)
+    keep = bucket_keep(keep, batch, length, bucket, query.device)
+    return (*(pad_length(x, bucket) for x in (query, key, value)), keep)
 
 
 def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientPerformerConfig) -> list[str]:
