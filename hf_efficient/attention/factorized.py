@@ -337,6 +337,7 @@ def flex_block_mask(length: int, factors: tuple[str, ...], pattern: str, local_s
     """The pattern as a FlexAttention BlockMask over `length` tokens (a shape bucket: keep (batch, length) marks the
     real ones), per head when the heads differ, padding keys removed. Each factor's tiles come from its structure
     alone (`factor_tiles`, cached per length); the padding enters as tile-level any/all of `keep`."""
+    padded = keep is not None  # without padding the mask is one row for every batch row (mask_mod reads no keep)
     batch = 1 if keep is None else keep.shape[0]
     keep = torch.ones(batch, length, dtype=torch.bool, device=device) if keep is None else keep.bool().contiguous()
     distinct = tuple(dict.fromkeys(factors))
@@ -356,7 +357,7 @@ def flex_block_mask(length: int, factors: tuple[str, ...], pattern: str, local_s
         if len(distinct) > 1:
             second = factor_keep(q_idx, kv_idx, pattern, distinct[1], local_size, num_summary, causal)
             allowed = torch.where(h < boundary, allowed, second)
-        return (allowed & keep[b, kv_idx]) | (q_idx == kv_idx)
+        return ((allowed & keep[b, kv_idx]) if padded else allowed) | (q_idx == kv_idx)
 
     return tile_block_mask(partial, full, mask_mod, length, tile)
 

@@ -110,6 +110,17 @@ def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length:
                                     mask_mod=mask_mod, seq_lengths=(length, length))
 
 
+def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None,
+               heads: int | None = None):
+    """A BlockMask evaluated from `mask_mod` over every pair (torch's create_block_mask, compiled on CUDA), for the
+    patterns that have no tile-level builder yet (the Sparse Transformer's grid and summary masks): built, and
+    compiled, once per shape, unlike `tile_block_mask`."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(mask_mod, batch, heads, length, key_length or length, device=device,
+                             _compile=device.type == "cuda")
+
+
 def tile_kernel_options(mask) -> dict | None:
     """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
     default tile, where torch's own choice stands."""
