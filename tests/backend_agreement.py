@@ -42,3 +42,16 @@ def assert_fast_path_within_rounding(model, fast: str, inputs: dict, real: torch
     print("\n".join(f"{name}: {fast} {f:.3g} reference {r:.3g}" for name, (f, r) in figures.items()))
     assert not failures, "\n".join(failures)
     return figures
+
+
+def lm_logits_and_gradients(model, backend: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+    """The logits and every parameter's gradient of the LM loss over the real tokens, on `backend` (tiny models:
+    fixed fp32 tolerances serve)."""
+    model.config.attention_backend = backend
+    model.zero_grad()
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
+                   return_logits=True)
+    output.loss.backward()
+    return output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+

@@ -3,7 +3,7 @@ config errors and conversion from BERT / GPT-2 / Llama."""
 
 import pytest
 import torch
-from backend_agreement import assert_fast_path_within_rounding
+from backend_agreement import assert_fast_path_within_rounding, lm_logits_and_gradients
 from test_conversion import save_tiny_bert
 from transformers import (
     AutoModel,
@@ -321,15 +321,7 @@ def test_causal_model_blocked_equals_reference_outputs_and_gradients():
     ids = torch.randint(1, 61, (2, 23), generator=torch.Generator().manual_seed(8))
     mask = torch.ones_like(ids)
     mask[0, :3], mask[1, 17:] = 0, 0
-    labels = ids.masked_fill(mask == 0, -100)
-    results = {}
-    for backend in ("reference", "blocked"):
-        config.attention_backend = backend
-        model.zero_grad()
-        output = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=True)
-        output.loss.backward()
-        results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                                   if p.grad is not None}
+    results = {backend: lm_logits_and_gradients(model, backend, ids, mask) for backend in ("reference", "blocked")}
     real = mask.bool()
     torch.testing.assert_close(results["blocked"][0][real], results["reference"][0][real], rtol=1e-5, atol=1e-5)
     assert len(results["reference"][1]) == len(list(model.parameters()))

@@ -3,6 +3,7 @@ tensor ops: real tokens' outputs equal the naive reference, and the number of co
 buckets touched (torch.compile with a counting backend on CPU; the kernels' tile tables checked by emulating them,
 see block_mask_emulation.py). GPU tests (marked gpu) check gradients and graph counts with the real kernels."""
 
+import contextlib
 import math
 import random
 import shutil
@@ -68,9 +69,13 @@ class ShapeOnlyCounter:
         return lambda *args: tuple(torch.zeros(out.shape, dtype=out.dtype) for out in outputs)
 
 
+@contextlib.contextmanager
 def counting_backend(monkeypatch, counter):
-    """torch.compile inside the library uses `counter` (dynamo traces and guards as usual)."""
+    """torch.compile inside the library uses `counter` (dynamo traces and guards as usual), for the block."""
     monkeypatch.setattr(compiled, "BACKEND", counter)
+    compiled.compiled.cache_clear()
+    torch._dynamo.reset()
+    yield counter
     compiled.compiled.cache_clear()
     torch._dynamo.reset()
 
@@ -78,21 +83,15 @@ def counting_backend(monkeypatch, counter):
 @pytest.fixture
 def compile_counter(monkeypatch):
     """Counts the graphs dynamo builds for the library's compiled calls, and runs them eagerly."""
-    counter = CompileCounter()
-    counting_backend(monkeypatch, counter)
-    yield counter
-    compiled.compiled.cache_clear()
-    torch._dynamo.reset()
+    with counting_backend(monkeypatch, CompileCounter()) as counter:
+        yield counter
 
 
 @pytest.fixture
 def graph_counter(monkeypatch):
     """Counts the graphs dynamo builds for the library's compiled calls, running none (ShapeOnlyCounter)."""
-    counter = ShapeOnlyCounter()
-    counting_backend(monkeypatch, counter)
-    yield counter
-    compiled.compiled.cache_clear()
-    torch._dynamo.reset()
+    with counting_backend(monkeypatch, ShapeOnlyCounter()) as counter:
+        yield counter
 
 
 def model_of(name: str, layers: int = 2, heads: int = 2):

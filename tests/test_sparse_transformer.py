@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from backend_agreement import assert_fast_path_within_rounding
+from backend_agreement import assert_fast_path_within_rounding, lm_logits_and_gradients
 from test_conversion import save_tiny_bert
 from transformers import (
     AutoModel,
@@ -134,15 +134,7 @@ def test_blocked_equals_reference_outputs_and_gradients(pattern, combination, ca
     ids = torch.randint(1, 61, (2, 23), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
-    labels = ids.masked_fill(mask == 0, -100)
-    results = {}
-    for backend in ("reference", "blocked"):
-        config.attention_backend = backend
-        model.zero_grad()
-        output = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=True)
-        output.loss.backward()
-        results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                                   if p.grad is not None}
+    results = {backend: lm_logits_and_gradients(model, backend, ids, mask) for backend in ("reference", "blocked")}
     real = mask.bool()
     torch.testing.assert_close(results["blocked"][0][real], results["reference"][0][real], rtol=1e-5, atol=1e-5)
     for name, grad in results["reference"][1].items():
