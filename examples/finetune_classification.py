@@ -95,9 +95,12 @@ def main(argv=None) -> dict:
 
     model = AutoModelForSequenceClassification.from_pretrained(args.model, config=config)
     if args.lora_rank:
+        # the BERT-style pooler feeds the classifier: train it in full too (a sentence-transformers source such as
+        # all-MiniLM-L6-v2 pools by mean; its unused pooler's output hardly varies between documents)
+        pooler = ["pooler"] if config.use_pooler else []
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_rank, lora_alpha=2 * args.lora_rank,
                           lora_dropout=0.05, target_modules=lora_target_modules(model),
-                          modules_to_save=lora_modules_to_save(model))
+                          modules_to_save=lora_modules_to_save(model) + pooler)
         model = get_peft_model(model, lora)  # trains the adapters, modules_to_save and the classifier
 
     accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")

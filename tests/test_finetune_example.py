@@ -63,6 +63,8 @@ def test_example_fine_tunes_a_converted_model_with_lora(tmp_path, source, target
     config = VARIANTS[f"efficient_{target}"].config.from_pretrained(tmp_path / "converted")
     attention = VARIANTS[f"efficient_{target}"].model.attention_class
     assert sorted(adapter["target_modules"]) == sorted(f"self_attn.{n}" for n in attention.lora_targets(config))
+    in_full = {f"self_attn.{n}" for n in attention.lora_trained_in_full(config)} | {"classifier"}
+    assert in_full | ({"pooler"} if config.use_pooler else set()) <= set(adapter["modules_to_save"])
 
     # The merged model loads without PEFT and, on the held-out articles, scores what Trainer's metrics reported.
     merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
