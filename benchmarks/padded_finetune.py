@@ -357,7 +357,8 @@ def markdown_report(rows: list[dict]) -> str:
         "# Padded fine-tune: Trainer + DataCollatorWithPadding on NewsArticles", "",
         *[f"- environment: {line}" for line in environments],
         f"- sequence classification (9 outlets), {first.get('layers', '?')} layers, batch {first.get('batch', '?')}, "
-        f"{first.get('steps', '?')} steps, each batch padded to its longest (up to {MAX_LENGTH} tokens); bf16 "
+        f"{first.get('steps', '?')} steps, each batch padded to its longest (articles truncated at {MAX_LENGTH} "
+        f"tokens, --tiny {TINY_LENGTH}); bf16 "
         "autocast on CUDA; every model sees the same batches",
         "- steady step: median step after warm-up; compile + warm-up: wall time minus every step's steady cost "
         "(benchmarks/padded_finetune.py says how); each model in its own process with cold compile caches unless "
@@ -386,6 +387,7 @@ def main() -> None:
     parser.add_argument("--models", default="all", help="comma list of names or groups (all, ours, gpu, anchors)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--append", action="store_true", help="add to --out's CSV; the report covers both runs")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from --out's CSV, run nothing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, help="optimizer steps per model (200; --tiny 3)")
     parser.add_argument("--batch", type=int, help="articles per batch (8; --tiny 2)")
@@ -410,6 +412,12 @@ def main() -> None:
         args.result.write_text(json.dumps(run_one(args.single, args)))
         return
 
+    csv_path, report_path = args.out / CSV_NAME, args.out / REPORT_NAME
+    if args.report_only:
+        with open(csv_path, newline="") as handle:
+            report_path.write_text(markdown_report(list(csv.DictReader(handle))))
+        print(report_path.read_text())
+        return
     try:
         models = parse_models(args.models)
     except ValueError as error:
@@ -422,7 +430,6 @@ def main() -> None:
             args.data = prepare(Path(scratch) / "data", TINY_LENGTH if args.tiny else MAX_LENGTH,
                                 TINY_ARTICLES if args.tiny else None)
         args.out.mkdir(parents=True, exist_ok=True)
-        csv_path, report_path = args.out / CSV_NAME, args.out / REPORT_NAME
         rows = []
         if args.append and csv_path.exists():
             with open(csv_path, newline="") as handle:
