@@ -38,6 +38,7 @@ l - c .. l - 1 of each block); the paper's custom kernels and recomputation are 
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -398,6 +399,13 @@ def factorized_flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return flex_attend(query, key, value, mask, scaling, compiled)
 
 
+def cached_mask(masks: dict, name: tuple, build: Callable):
+    """masks[name], built once per forward (`masks` is the model's shared_state, passed to every layer)."""
+    if name not in masks:
+        masks[name] = build()
+    return masks[name]
+
+
 # ---------------------------------------------------------------- strided on the grid (GPU)
 
 
@@ -417,10 +425,7 @@ def strided_grid(attention: EfficientAttention, query: torch.Tensor, key: torch.
     masks = {} if masks is None else masks
     complete = keep is None and layout.padded == length  # no padding key anywhere, no partial last row of the grid
 
-    def cached(name, build):
-        if name not in masks:
-            masks[name] = build()
-        return masks[name]
+    cached = functools.partial(cached_mask, masks)
 
     def band():
         return cached(("strided_band", local_size, causal), lambda: flex_block_mask(
@@ -514,10 +519,7 @@ def fixed_compact(attention: EfficientAttention, query: torch.Tensor, key: torch
     summary = torch.arange(length, device=query.device)
     summary = summary[summary.remainder(size) >= size - count]  # (S,) positions of the summary columns, in order
 
-    def cached(name, build):
-        if name not in masks:
-            masks[name] = build()
-        return masks[name]
+    cached = functools.partial(cached_mask, masks)
 
     def own_block():
         return cached(("fixed_block", size, causal), lambda: flex_block_mask(
