@@ -6,6 +6,15 @@ all-ones padding mask or an all-zeros global mask are skipped: branching on tens
 import torch
 
 
+def refuse_unless(condition: torch.Tensor, message: str) -> None:
+    """A check on tensor values: a ValueError in eager mode; inside torch.compile an asynchronous assertion (a
+    RuntimeError with the same message when the graph runs), which keeps the graph whole."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, message)
+    elif not bool(condition):
+        raise ValueError(message)
+
+
 def as_bool_mask(mask: torch.Tensor, batch: int, length: int, name: str, meaning: str) -> torch.Tensor:
     """Check that a user's mask is (batch, length) of 0/1 (or bool) and return it as bool."""
     if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
@@ -14,12 +23,8 @@ def as_bool_mask(mask: torch.Tensor, batch: int, length: int, name: str, meaning
             f"{meaning}. 3D/4D or additive (0/-inf) masks are not accepted."
         )
     if mask.dtype != torch.bool:
-        binary = ((mask == 0) | (mask == 1)).all()
-        message = f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted."
-        if torch.compiler.is_compiling():  # a value check without a graph break (raises RuntimeError when run)
-            torch._assert_async(binary, message)
-        elif not binary:
-            raise ValueError(message)
+        refuse_unless(((mask == 0) | (mask == 1)).all(),
+                      f"{name} must hold only 0 and 1 (or booleans); additive masks are not accepted.")
         mask = mask.bool()
     return mask
 
@@ -80,10 +85,7 @@ def refuse_left_padding(keep: torch.Tensor | None, where: str, instead: str = ""
     if keep is None:
         return
     padded_start = ~keep[:, 0] & keep.any(-1)
-    if torch.compiler.is_compiling():
-        torch._assert_async(~padded_start.any(), str(left_padding_error(where, instead)))
-    elif bool(padded_start.any()):
-        raise left_padding_error(where, instead)
+    refuse_unless(~padded_start.any(), str(left_padding_error(where, instead)))
 
 
 def left_padding_starts(keep: torch.Tensor | None, shared_state: dict | None = None) -> torch.Tensor | None:
