@@ -195,6 +195,56 @@ class StepTimer(transformers.TrainerCallback):
         self.times.append(self.now() - self.started)
 
 
+class StepProfiler(transformers.TrainerCallback):
+    """torch.profiler over `steps` optimizer steps from step `first`: the GPU's busy time per step against the step's
+    wall time (the rest is the host: Python, dispatch, guards, data) and the longest kernels, written to `path`."""
+
+    def __init__(self, first: int, steps: int, path: Path):
+        self.first, self.steps, self.path, self.profiler = first, steps, path, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.first:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+            self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is None or state.global_step != self.first + self.steps:
+            return
+        torch.cuda.synchronize()
+        wall_ms = 1000 * (time.perf_counter() - self.started) / self.steps
+        self.profiler.__exit__(None, None, None)
+        kernels = sorted((e for e in self.profiler.key_averages() if e.device_type.name == "CUDA"),
+                         key=lambda e: -e.self_device_time_total)
+        busy_ms = sum(e.self_device_time_total for e in kernels) / 1000 / self.steps
+        lines = [f"- steps {self.first}-{self.first + self.steps}: {wall_ms:.1f} ms per step (profiled), GPU busy "
+                 f"{busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})", "", "| kernel | ms per step | calls |",
+                 "|---|---|---|"]
+        lines += [f"| {e.key[:110]} | {e.self_device_time_total / 1000 / self.steps:.2f} | {e.count // self.steps} |"
+                  for e in kernels[:25]]
+        host = sorted(self.profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        lines += ["", "| host op (self CPU time) | ms per step | calls |", "|---|---|---|"]
+        lines += [f"| {e.key[:110]} | {e.self_cpu_time_total / 1000 / self.steps:.2f} | {e.count // self.steps} |"
+                  for e in host[:25]]
+        self.path.write_text("\n".join(lines) + "\n")
+        self.profiler = None
+
+
+def sdpa_backends(names: str | None):
+    """A context limiting torch's SDPA to these backends (e.g. "flash,efficient,math"), or nothing for torch's own
+    choice."""
+    import contextlib
+
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                                             "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[n]) for n in names.split(",")])
+
+
 def steady_cost(times: list[float], lengths: list[int]) -> float:
     """Seconds the steps would take at steady state (see the module docstring)."""
     buckets = [bucket_length(n) for n in lengths]
@@ -252,13 +302,17 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             bf16=on_gpu, use_cpu=not on_gpu, logging_strategy="no", save_strategy="no", eval_strategy="no",
             report_to="none", disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
             remove_unused_columns=False)
+        callbacks = [timer]
+        if args.profile and on_gpu:
+            callbacks.append(StepProfiler(args.profile, 5, Path(args.profile_out or args.out) / f"profile_{name}.md"))
         trainer = transformers.Trainer(model=model, args=training, train_dataset=data, data_collator=collator,
-                                       callbacks=[timer])
+                                       callbacks=callbacks)
         graphs = counters["stats"]["unique_graphs"]
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         started = timer.now()
-        result = trainer.train()
+        with sdpa_backends(args.sdpa_backends):
+            result = trainer.train()
         wall = timer.now() - started
     graphs = counters["stats"]["unique_graphs"] - graphs
     times, lengths = timer.times, collator.lengths[:len(timer.times)]
@@ -289,6 +343,8 @@ def run_isolated(name: str, args: argparse.Namespace) -> dict:
         command = [sys.executable, __file__, "--single", name, "--result", str(result), "--data", str(args.data),
                    "--device", args.device, "--steps", str(args.steps), "--batch", str(args.batch),
                    "--warmup-steps", str(args.warmup_steps)] + (["--tiny"] if args.tiny else []) + (
+                   ["--profile", str(args.profile), "--profile-out", str(args.out)] if args.profile else []) + (
+                   ["--sdpa-backends", args.sdpa_backends] if args.sdpa_backends else []) + (
                    ["--layers", str(args.layers)] if args.layers else [])
         try:
             finished = subprocess.run(command, env=env, timeout=args.model_timeout, capture_output=True, text=True)
@@ -396,8 +452,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help=f"smoke test: {TINY_ARTICLES} articles of at most "
                         f"{TINY_LENGTH} tokens, hidden 32, 1 layer, scaled-down knobs")
     parser.add_argument("--one-process", action="store_true", help="run every model in this process")
+    parser.add_argument("--warm-cache", action="store_true", help="run each model twice over one compile cache: "
+                        "a first run, then a rerun whose compiles load from it (a second fine-tune on one machine)")
     parser.add_argument("--inductor-cache", help="a cache folder shared by the models' processes (default: fresh)")
     parser.add_argument("--model-timeout", type=float, default=600.0, help="seconds per model process")
+    parser.add_argument("--profile", type=int, help="GPU: profile 5 steps from this step into OUT/profile_MODEL.md")
+    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--sdpa-backends", help="limit torch's SDPA to these (comma list of flash, efficient, cudnn, "
+                        "math) for the whole run, every model")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -434,9 +496,22 @@ def main() -> None:
         if args.append and csv_path.exists():
             with open(csv_path, newline="") as handle:
                 rows = list(csv.DictReader(handle))
-        for name in models:
-            print(f"{name} ...", flush=True)
-            row = run_guarded(name, args) if args.one_process else run_isolated(name, args)
+        runs = [(name, False) for name in models]
+        if args.warm_cache and not args.one_process:
+            runs = [(name, warm) for name in models for warm in (False, True)]
+        for name, warm in runs:
+            print(f"{name}{' (warm compile cache)' if warm else ''} ...", flush=True)
+            if args.one_process:
+                row = run_guarded(name, args)
+            elif args.warm_cache:  # twice over one cache folder: a first run, then a rerun on the same machine
+                if not warm:
+                    cache = tempfile.TemporaryDirectory()
+                row = run_isolated(name, argparse.Namespace(**vars(args) | {"inductor_cache": cache.name}))
+                if warm:
+                    row |= {"model": f"{name} (warm cache)", "label": f"{row.get('label', name)} (warm compile cache)"}
+                    cache.cleanup()
+            else:
+                row = run_isolated(name, args)
             row = {key: "" if row.get(key) is None else row.get(key) for key in FIELDS} | {
                 key: value for key, value in environment.items() if key in FIELDS}
             rows.append(row)

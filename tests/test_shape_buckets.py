@@ -413,3 +413,21 @@ def test_gpu_padded_batches_match_blocked_and_compile_once_per_bucket(name):
             assert compiled_now == 0, f"length {length} recompiled inside bucket {bucket_length(length)}"
         seen.add(bucket_length(length))
     model.config.attention_backend = "auto"
+
+
+# ------------------------------------------------------------------------------- SDPA on changing shapes (CUDA)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_attend_keeps_sdpa_off_cudnn_on_cuda():
+    """`EfficientAttention.attend` runs SDPA without its cuDNN kernel on CUDA (a plan per new shape), leaves the
+    global setting as it was, and gives the math kernel's answer."""
+    from hf_efficient.core.attention import shape_agnostic_sdpa
+
+    query = torch.randn(2, 3, 40, 16, device="cuda")
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with shape_agnostic_sdpa(query):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with shape_agnostic_sdpa(query.cpu()):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -476,7 +476,7 @@ def flex_attend_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     and lse (batch, N, heads, 1) float32 (-inf, with a zero output, on rows without keys)."""
     arguments = (query, key, value, mask, scaling, query.shape[1] != key.shape[1])
     if compiled:
-        out, lse = run_compiled(_flex_with_lse, *arguments, kernel_options=tile_kernel_options(mask))
+        out, lse = run_compiled(_flex_with_lse, *arguments, kernel_options=tile_kernel_options(mask, query))
     else:
         out, lse = _flex_with_lse(*arguments)
     return out.transpose(1, 2), lse.transpose(1, 2)[..., None]

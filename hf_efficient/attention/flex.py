@@ -121,13 +121,23 @@ def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, k
                              _compile=device.type == "cuda")
 
 
-def tile_kernel_options(mask) -> dict | None:
-    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
-    default tile, where torch's own choice stands."""
+# Forward kernel tiles measured faster than torch's own choice (benchmarks/flex_probe.py --sweep, results in
+# benchmarks/results/issue11/flex_sweep.md): keyed by (CUDA capability, head dim). On the H200 torch picks 128 x 128
+# tiles with 4 warps for bf16/fp16 at head dim 64, which spill registers: 1.62 ms against 0.15 ms for 64 x 64.
+MEASURED_FORWARD_TILES = {((9, 0), 64): {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}}
+
+
+def tile_kernel_options(mask, query: torch.Tensor) -> dict | None:
+    """FlexAttention kernel options for this BlockMask and query: forward kernel tiles no larger than the BlockMask's
+    (the kernel must divide them), or a measured better forward config for half-precision inputs on this GPU; None
+    where torch's own choice stands."""
     q_tile, kv_tile = mask.BLOCK_SIZE
-    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
-        return None
-    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+    if (q_tile, kv_tile) != (FLEX_TILE, FLEX_TILE):
+        return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+        capability = torch.cuda.get_device_capability(query.device)
+        return MEASURED_FORWARD_TILES.get((capability, query.shape[-1]))
+    return None
 
 
 def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
@@ -147,7 +157,7 @@ def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mas
         out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     else:
         out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
-                           kernel_options=tile_kernel_options(mask))
+                           kernel_options=tile_kernel_options(mask, query))
     return out[:, :, :length].transpose(1, 2)
 
 
