@@ -335,7 +335,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def run_isolated(name: str, args: argparse.Namespace) -> dict:
     """run_one in a child process with a fresh inductor / Triton cache (unless --inductor-cache names one)."""
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:  # a timed-out child may still write
         cache = Path(args.inductor_cache) if args.inductor_cache else Path(scratch)
         env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache /
                                                                                                         "triton")}
