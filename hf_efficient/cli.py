@@ -1,5 +1,5 @@
-"""`hf-efficient` command line: convert pretrained weights into a long-context variant, use the result, and draw the
-attention pattern a model really uses."""
+"""`hf-efficient` command line: convert pretrained weights into a long-context variant, use the result, draw the
+attention pattern a model really uses, and run the benchmark harness of a source checkout."""
 
 import argparse
 import json
@@ -223,6 +223,51 @@ def run_show_pattern(args) -> int:
     return 0
 
 
+BENCH_SCRIPTS = {"train-step": "train_step.py", "padded-finetune": "padded_finetune.py",
+                 "base-profile": "base_profile.py", "flex-probe": "flex_probe.py", "plot": "plot_results.py"}
+
+
+def benchmarks_folder() -> Path | None:
+    """The benchmarks/ folder of the checkout this package runs from (an editable install), or None."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    return folder if (folder / "train_step.py").is_file() else None
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    folder = benchmarks_folder()
+    if folder is None:
+        raise ConversionError("hf-efficient bench runs the harness in benchmarks/ of a source checkout, which this "
+                              "installation does not have: git clone the project and pip install -e . there.")
+    script = folder / BENCH_SCRIPTS[args.flow]
+    saved = sys.argv
+    sys.argv = [str(script), *args.arguments]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:  # the script's own exit (argparse's --help or an error line) is the command's
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+            return 2
+        return 0 if stop.code is None else stop.code
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def add_bench(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark flow (train-step, padded-finetune, base-profile, flex-probe, plot)",
+        description="Run one flow of the benchmark harness (benchmarks/ of a source checkout) with its own options; "
+        "dense SDPA and transformers' Longformer/BigBird run in the same run. Examples: hf-efficient bench train-step "
+        "--models anchors,ours --lengths 1k-64k; hf-efficient bench padded-finetune --data DIR; hf-efficient bench "
+        "plot results.csv (PNG plots of tokens/s and peak memory against length). `hf-efficient bench FLOW --help` "
+        "lists a flow's options.")
+    parser.add_argument("flow", choices=sorted(BENCH_SCRIPTS))
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the flow's own options")
+    parser.set_defaults(run=run_bench)
+
+
 def main(argv: list[str] | None = None) -> int:
     import hf_efficient  # noqa: F401  (registers the variants with the Auto classes)
 
@@ -231,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     add_convert(subparsers)
     add_embed(subparsers)
     add_show_pattern(subparsers)
+    add_bench(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
