@@ -329,7 +329,7 @@ def module_order(modules: set[str]) -> list[str]:
             raise BundleError(f"Import cycle between package modules: {' -> '.join((*path, name))}.")
         state[name] = "open"
         module = parse_module(name)
-        for imported, (source, original) in sorted(module.package_imports.items()):
+        for source, original in sorted(module.package_imports.values()):
             origin = resolve(source, original)
             if origin is not None and origin[0] == "package":
                 visit(origin[1], (*path, name))
@@ -412,7 +412,8 @@ def render(selection: Selection, docstring: str, relative: tuple[str, list[str]]
 
 def variant_folder(variant) -> str:
     """The variant's subpackage name (hf_efficient/models/<folder>), shared by its bundle's folder and files."""
-    folders = {cls.__module__.split(".")[2] for cls in variant.classes if cls.__module__.startswith(f"{PACKAGE}.models.")}
+    prefix = f"{PACKAGE}.models."
+    folders = {cls.__module__.split(".")[2] for cls in variant.classes if cls.__module__.startswith(prefix)}
     if len(folders) != 1:
         raise BundleError(f"{variant.model_type}'s classes come from {sorted(folders) or 'outside'} "
                           f"{PACKAGE}.models; a variant's classes live in one subpackage.")

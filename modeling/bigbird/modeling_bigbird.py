@@ -42,6 +42,190 @@ from transformers.utils import logging
 
 from .configuration_bigbird import STATIC_ROPE_TYPES, EfficientBigBirdConfig, EfficientConfig
 
+# from hf_efficient/attention/compiled.py
+RECOMPILE_LIMIT = 256
+
+
+BACKEND = "inductor"  # torch.compile's backend; tests swap in a counting one (then call compiled.cache_clear())
+
+
+@functools.cache
+def compiled(function: Callable) -> Callable:
+    """`torch.compile(function, dynamic=False)`, made once per function."""
+    return torch.compile(function, dynamic=False, backend=BACKEND)
+
+
+def run_compiled(function: Callable, *args, **kwargs):
+    """The compiled `function` on these arguments, with room for RECOMPILE_LIMIT shapes."""
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return compiled(function)(*args, **kwargs)
+
+
+# from hf_efficient/attention/flex.py
+FLEX_TILE = 128  # the BlockMask's default tile: FlexAttention skips empty FLEX_TILE x FLEX_TILE blocks
+
+
+SMALL_FLEX_TILE = 64  # a finer tile, for patterns made of 64-token blocks, where the kernels can run it
+
+
+MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
+
+
+SMALLEST_BUCKET = 256  # a multiple of every tile
+
+
+DOUBLING_UP_TO = 4096  # buckets are powers of two up to here, then four per doubling
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bucket_length(length: int) -> int:
+    """The padded length the compiled paths run at: 256, 512, 1024, 2048, 4096, then four buckets per doubling
+    (5120, 6144, 7168, 8192, 10240, ...).
+
+    Each bucket costs one compile (seconds) per batch size, however many lengths fall into it, so short inputs, where
+    a step is fast and a compile is not, get few buckets: five cover 1 to 4096 tokens. The padding costs memory-bound
+    copies of q/k/v and the output (the kernels skip padding tiles), up to 2x the attention tensors below 4096 tokens;
+    above, where those tensors are large and a compile is small next to a step, at most 25%."""
+    if length <= SMALLEST_BUCKET:
+        return SMALLEST_BUCKET
+    if length <= DOUBLING_UP_TO:
+        return 1 << (length - 1).bit_length()
+    step = 1 << ((length - 1).bit_length() - 3)  # an eighth of the next power of two
+    return -(-length // step) * step
+
+
+def pad_length(x: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
+    """x padded with zeros along `dim` to `length`."""
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    dim = dim % x.dim()
+    return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, missing))
+
+
+def bucket_keep(keep: torch.Tensor | None, batch: int, length: int, bucket: int, device: torch.device) -> torch.Tensor:
+    """(batch, bucket) bool: the real tokens (`keep`, or all of the first `length`), False on the bucket's padding."""
+    if keep is None:
+        return (torch.arange(bucket, device=device) < length).expand(batch, bucket).contiguous()
+    return pad_length(keep.bool(), bucket, dim=1).contiguous()
+
+
+def token_tiles(tokens: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, N) bool -> (any, all), each (batch, ceil(N / tile)): whether a tile holds some / only marked tokens
+    (positions past N count as unmarked, so a tile cut by the end is never 'all')."""
+    tiles = -(-tokens.shape[1] // tile)
+    per_tile = pad_length(tokens, tiles * tile, dim=1).view(tokens.shape[0], tiles, tile)
+    return per_tile.any(-1), per_tile.all(-1)
+
+
+def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (batch, heads, T, T) tile table as BlockMask's (counts, column indices listed first where kept)."""
+    counts = tiles.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts.contiguous(), indices.contiguous()
+
+
+def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
+    """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
+    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial = partial & ~full
+    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
+                                    mask_mod=mask_mod, seq_lengths=(length, length))
+
+
+def tile_kernel_options(mask) -> dict | None:
+    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
+    default tile, where torch's own choice stands."""
+    q_tile, kv_tile = mask.BLOCK_SIZE
+    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
+        return None
+    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+
+
+def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
+                compiled: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d).
+
+    The mask may be longer than N (a shape bucket) when it drops every key past N: q/k/v are then padded to its
+    length and the output cut back to N."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    length, padded = query.shape[2], mask.seq_lengths[0]
+    if padded < length:
+        raise ValueError(f"The BlockMask covers {padded} tokens but the input has {length}.")
+    query, key, value = (pad_length(x, padded) for x in (query, key, value))
+    gqa = query.shape[1] != key.shape[1]
+    if not compiled:
+        out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
+    else:
+        out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
+                           kernel_options=tile_kernel_options(mask))
+    return out[:, :, :length].transpose(1, 2)
+
+
+@functools.cache
+def small_tiles_compile(head_dim: int, dtype: torch.dtype, device: str) -> bool:
+    """Whether compiled FlexAttention runs forward and backward over SMALL_FLEX_TILE tiles for this head dim, dtype
+    and CUDA device. torch's default kernel tiles depend on the GPU generation and head dim (its backward kernels
+    use 128-wide tiles on some), and a kernel tile must divide the BlockMask's, so this is tried once on a tiny
+    input: any failure to compile means "no" (logged), and callers keep FLEX_TILE."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    tile = SMALL_FLEX_TILE
+    try:
+        query, key, value = (torch.randn(1, 1, 2 * tile, head_dim, device=device, dtype=dtype, requires_grad=True)
+                             for _ in range(3))
+        counts = torch.full((1, 1, 2), 2, dtype=torch.int32, device=device)
+        indices = torch.arange(2, dtype=torch.int32, device=device).expand(1, 1, 2, 2).contiguous()
+        mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=tile, seq_lengths=(2 * tile, 2 * tile))
+        flex_attend(query, key, value, mask, head_dim**-0.5).sum().backward()
+        return True
+    except Exception as error:  # compile failures come as many types (InductorError, BackendCompilerFailed, ...)
+        logger.info(f"FlexAttention with {tile}x{tile} tiles does not compile for head_dim {head_dim}, {dtype} on "
+                    f"{device} ({type(error).__name__}); using {FLEX_TILE}x{FLEX_TILE} tiles.")
+        return False
+
+
+# from hf_efficient/attention/global_tokens.py
+def global_slots(is_global: torch.Tensor, bound: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq) bool -> positions (batch, G) of each row's global tokens in order, and which slots are real.
+
+    G is the largest count of a row; under torch.compile, where reading it would break the graph, G is `bound` (an
+    upper bound the caller knows from the shapes; default seq), the extra slots not real."""
+    counts = is_global.sum(1)
+    compiling = torch.compiler.is_compiling()
+    most = min(is_global.shape[1], bound or is_global.shape[1]) if compiling else int(counts.max())
+    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :most]
+    valid = torch.arange(most, device=is_global.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def gather_positions(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """states (batch, heads, seq, d), index (batch, G) -> (batch, heads, G, d)."""
+    batch, heads, _, dim = states.shape
+    return states.gather(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim))
+
+
+def scatter_global_rows(
+    attended: torch.Tensor, rows: torch.Tensor, global_index: torch.Tensor, global_valid: torch.Tensor
+) -> torch.Tensor:
+    """Overwrite the global tokens' rows of attended (batch, N, heads, d) with rows (batch, G, heads, d); slots that are
+    not real write into a spare row past the end (no data-dependent indexing, so it compiles into one graph)."""
+    length = attended.shape[1]
+    target = torch.where(global_valid, global_index, length)
+    spare = torch.nn.functional.pad(attended, (0, 0, 0, 0, 0, 1))
+    index = target[:, :, None, None].expand(*target.shape, *attended.shape[2:])
+    return spare.scatter(1, index, rows.to(spare.dtype))[:, :length]
+
 
 # from hf_efficient/core/layers.py
 class EfficientRMSNorm(nn.Module):
@@ -349,191 +533,6 @@ class EfficientAttention(nn.Module):
 def causal_keep(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
     """(q, keys) bool: query i (the last q of `keys` positions) sees keys up to its own position."""
     return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
-
-
-# from hf_efficient/attention/compiled.py
-RECOMPILE_LIMIT = 256
-
-
-BACKEND = "inductor"  # torch.compile's backend; tests swap in a counting one (then call compiled.cache_clear())
-
-
-@functools.cache
-def compiled(function: Callable) -> Callable:
-    """`torch.compile(function, dynamic=False)`, made once per function."""
-    return torch.compile(function, dynamic=False, backend=BACKEND)
-
-
-def run_compiled(function: Callable, *args, **kwargs):
-    """The compiled `function` on these arguments, with room for RECOMPILE_LIMIT shapes."""
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-        return compiled(function)(*args, **kwargs)
-
-
-# from hf_efficient/attention/flex.py
-FLEX_TILE = 128  # the BlockMask's default tile: FlexAttention skips empty FLEX_TILE x FLEX_TILE blocks
-
-
-SMALL_FLEX_TILE = 64  # a finer tile, for patterns made of 64-token blocks, where the kernels can run it
-
-
-MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
-
-
-SMALLEST_BUCKET = 256  # a multiple of every tile
-
-
-DOUBLING_UP_TO = 4096  # buckets are powers of two up to here, then four per doubling
-
-
-def flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def bucket_length(length: int) -> int:
-    """The padded length the compiled paths run at: 256, 512, 1024, 2048, 4096, then four buckets per doubling
-    (5120, 6144, 7168, 8192, 10240, ...).
-
-    Each bucket costs one compile (seconds) per batch size, however many lengths fall into it, so short inputs, where
-    a step is fast and a compile is not, get few buckets: five cover 1 to 4096 tokens. The padding costs memory-bound
-    copies of q/k/v and the output (the kernels skip padding tiles), up to 2x the attention tensors below 4096 tokens;
-    above, where those tensors are large and a compile is small next to a step, at most 25%."""
-    if length <= SMALLEST_BUCKET:
-        return SMALLEST_BUCKET
-    if length <= DOUBLING_UP_TO:
-        return 1 << (length - 1).bit_length()
-    step = 1 << ((length - 1).bit_length() - 3)  # an eighth of the next power of two
-    return -(-length // step) * step
-
-
-def pad_length(x: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
-    """x padded with zeros along `dim` to `length`."""
-    missing = length - x.shape[dim]
-    if missing == 0:
-        return x
-    dim = dim % x.dim()
-    return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, missing))
-
-
-def bucket_keep(keep: torch.Tensor | None, batch: int, length: int, bucket: int, device: torch.device) -> torch.Tensor:
-    """(batch, bucket) bool: the real tokens (`keep`, or all of the first `length`), False on the bucket's padding."""
-    if keep is None:
-        return (torch.arange(bucket, device=device) < length).expand(batch, bucket).contiguous()
-    return pad_length(keep.bool(), bucket, dim=1).contiguous()
-
-
-def token_tiles(tokens: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, N) bool -> (any, all), each (batch, ceil(N / tile)): whether a tile holds some / only marked tokens
-    (positions past N count as unmarked, so a tile cut by the end is never 'all')."""
-    tiles = -(-tokens.shape[1] // tile)
-    per_tile = pad_length(tokens, tiles * tile, dim=1).view(tokens.shape[0], tiles, tile)
-    return per_tile.any(-1), per_tile.all(-1)
-
-
-def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (batch, heads, T, T) tile table as BlockMask's (counts, column indices listed first where kept)."""
-    counts = tiles.sum(-1, dtype=torch.int32)
-    indices = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return counts.contiguous(), indices.contiguous()
-
-
-def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
-    """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
-    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    partial = partial & ~full
-    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
-                                    mask_mod=mask_mod, seq_lengths=(length, length))
-
-
-def tile_kernel_options(mask) -> dict | None:
-    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
-    default tile, where torch's own choice stands."""
-    q_tile, kv_tile = mask.BLOCK_SIZE
-    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
-        return None
-    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
-
-
-def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
-                compiled: bool = True) -> torch.Tensor:
-    """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d).
-
-    The mask may be longer than N (a shape bucket) when it drops every key past N: q/k/v are then padded to its
-    length and the output cut back to N."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    length, padded = query.shape[2], mask.seq_lengths[0]
-    if padded < length:
-        raise ValueError(f"The BlockMask covers {padded} tokens but the input has {length}.")
-    query, key, value = (pad_length(x, padded) for x in (query, key, value))
-    gqa = query.shape[1] != key.shape[1]
-    if not compiled:
-        out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
-    else:
-        out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
-                           kernel_options=tile_kernel_options(mask))
-    return out[:, :, :length].transpose(1, 2)
-
-
-@functools.cache
-def small_tiles_compile(head_dim: int, dtype: torch.dtype, device: str) -> bool:
-    """Whether compiled FlexAttention runs forward and backward over SMALL_FLEX_TILE tiles for this head dim, dtype
-    and CUDA device. torch's default kernel tiles depend on the GPU generation and head dim (its backward kernels
-    use 128-wide tiles on some), and a kernel tile must divide the BlockMask's, so this is tried once on a tiny
-    input: any failure to compile means "no" (logged), and callers keep FLEX_TILE."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    tile = SMALL_FLEX_TILE
-    try:
-        query, key, value = (torch.randn(1, 1, 2 * tile, head_dim, device=device, dtype=dtype, requires_grad=True)
-                             for _ in range(3))
-        counts = torch.full((1, 1, 2), 2, dtype=torch.int32, device=device)
-        indices = torch.arange(2, dtype=torch.int32, device=device).expand(1, 1, 2, 2).contiguous()
-        mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=tile, seq_lengths=(2 * tile, 2 * tile))
-        flex_attend(query, key, value, mask, head_dim**-0.5).sum().backward()
-        return True
-    except Exception as error:  # compile failures come as many types (InductorError, BackendCompilerFailed, ...)
-        logger.info(f"FlexAttention with {tile}x{tile} tiles does not compile for head_dim {head_dim}, {dtype} on "
-                    f"{device} ({type(error).__name__}); using {FLEX_TILE}x{FLEX_TILE} tiles.")
-        return False
-
-
-# from hf_efficient/attention/global_tokens.py
-def global_slots(is_global: torch.Tensor, bound: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, seq) bool -> positions (batch, G) of each row's global tokens in order, and which slots are real.
-
-    G is the largest count of a row; under torch.compile, where reading it would break the graph, G is `bound` (an
-    upper bound the caller knows from the shapes; default seq), the extra slots not real."""
-    counts = is_global.sum(1)
-    compiling = torch.compiler.is_compiling()
-    most = min(is_global.shape[1], bound or is_global.shape[1]) if compiling else int(counts.max())
-    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :most]
-    valid = torch.arange(most, device=is_global.device)[None, :] < counts[:, None]
-    return order, valid
-
-
-def gather_positions(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """states (batch, heads, seq, d), index (batch, G) -> (batch, heads, G, d)."""
-    batch, heads, _, dim = states.shape
-    return states.gather(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim))
-
-
-def scatter_global_rows(
-    attended: torch.Tensor, rows: torch.Tensor, global_index: torch.Tensor, global_valid: torch.Tensor
-) -> torch.Tensor:
-    """Overwrite the global tokens' rows of attended (batch, N, heads, d) with rows (batch, G, heads, d); slots that are
-    not real write into a spare row past the end (no data-dependent indexing, so it compiles into one graph)."""
-    length = attended.shape[1]
-    target = torch.where(global_valid, global_index, length)
-    spare = torch.nn.functional.pad(attended, (0, 0, 0, 0, 0, 1))
-    index = target[:, :, None, None].expand(*target.shape, *attended.shape[2:])
-    return spare.scatter(1, index, rows.to(spare.dtype))[:, :length]
 
 
 # from hf_efficient/attention/block_sparse.py
@@ -1007,6 +1006,42 @@ def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | Non
     return cache if cache is not None else past_key_values
 
 
+# from hf_efficient/core/lm_loss.py
+IGNORE_INDEX = -100
+
+
+CHUNK_ROWS = 4096
+
+
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None,
+                      chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
+
+    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
+    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
+    """
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    labelled = labels != IGNORE_INDEX
+    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.shape[0], chunk_rows):
+        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*chunk)
+    if num_items_in_batch is None:
+        return total / targets.shape[0]
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 # from hf_efficient/core/state_cache.py
 class StateCacheLayer(CacheLayerMixin):
     """One layer's decoding state: the tensors named in `state_names` (None before the first forward) and the number
@@ -1353,42 +1388,6 @@ class EfficientModel(EfficientPreTrainedModel):
             torch._assert_async(position_ids.max() < limit, f"position_ids reach past the table: {advice}")
         elif int(position_ids.max()) >= limit:
             raise ValueError(f"The input needs positions up to {int(position_ids.max()) + 1} but {advice}")
-
-
-# from hf_efficient/core/lm_loss.py
-IGNORE_INDEX = -100
-
-
-CHUNK_ROWS = 4096
-
-
-def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                      num_items_in_batch: torch.Tensor | int | None = None,
-                      chunk_rows: int | None = None) -> torch.Tensor:
-    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
-
-    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
-    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
-    """
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    labelled = labels != IGNORE_INDEX
-    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.shape[0], chunk_rows):
-        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(*chunk)
-    if num_items_in_batch is None:
-        return total / targets.shape[0]
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
 
 
 # from hf_efficient/core/heads.py

@@ -716,6 +716,47 @@ def returned_cache(output: ModelOutput) -> Cache | None:
     return getattr(output, CACHE_FIELD)
 
 
+# from hf_efficient/core/lm_loss.py
+IGNORE_INDEX = -100
+
+
+CHUNK_ROWS = 4096
+
+
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None,
+                      chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
+
+    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
+    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
+    """
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    labelled = labels != IGNORE_INDEX
+    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.shape[0], chunk_rows):
+        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*chunk)
+    if num_items_in_batch is None:
+        return total / targets.shape[0]
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
+    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 # from hf_efficient/core/state_cache.py
 class StateCacheLayer(CacheLayerMixin):
     """One layer's decoding state: the tensors named in `state_names` (None before the first forward) and the number
@@ -1065,47 +1106,6 @@ class EfficientModel(EfficientPreTrainedModel):
             torch._assert_async(position_ids.max() < limit, f"position_ids reach past the table: {advice}")
         elif int(position_ids.max()) >= limit:
             raise ValueError(f"The input needs positions up to {int(position_ids.max()) + 1} but {advice}")
-
-
-# from hf_efficient/core/lm_loss.py
-IGNORE_INDEX = -100
-
-
-CHUNK_ROWS = 4096
-
-
-def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                      num_items_in_batch: torch.Tensor | int | None = None,
-                      chunk_rows: int | None = None) -> torch.Tensor:
-    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
-
-    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
-    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
-    """
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    labelled = labels != IGNORE_INDEX
-    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.shape[0], chunk_rows):
-        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(*chunk)
-    if num_items_in_batch is None:
-        return total / targets.shape[0]
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
-
-
-def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
-    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
 # from hf_efficient/core/heads.py

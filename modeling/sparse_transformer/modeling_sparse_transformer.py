@@ -61,6 +61,108 @@ def run_compiled(function: Callable, *args, **kwargs):
         return compiled(function)(*args, **kwargs)
 
 
+# from hf_efficient/attention/flex.py
+FLEX_TILE = 128  # the BlockMask's default tile: FlexAttention skips empty FLEX_TILE x FLEX_TILE blocks
+
+
+MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pad_length(x: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
+    """x padded with zeros along `dim` to `length`."""
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    dim = dim % x.dim()
+    return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, missing))
+
+
+def token_tiles(tokens: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, N) bool -> (any, all), each (batch, ceil(N / tile)): whether a tile holds some / only marked tokens
+    (positions past N count as unmarked, so a tile cut by the end is never 'all')."""
+    tiles = -(-tokens.shape[1] // tile)
+    per_tile = pad_length(tokens, tiles * tile, dim=1).view(tokens.shape[0], tiles, tile)
+    return per_tile.any(-1), per_tile.all(-1)
+
+
+def offset_tiles(keep_offset: Callable[[torch.Tensor], torch.Tensor], tiles: int, tile: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any, all), each (tiles, tiles) bool, for a pattern that depends only on the offset i - j. The pairs of query
+    tile I and key tile J have the offsets (I - J) * tile + r, r = -(tile - 1) .. tile - 1, so evaluating
+    `keep_offset` on those (2 tiles - 1, 2 tile - 1) offsets decides every tile exactly: O(tiles * tile) work."""
+    shifts = torch.arange(-(tiles - 1), tiles, device=device)  # I - J
+    offsets = shifts[:, None] * tile + torch.arange(-(tile - 1), tile, device=device)[None, :]
+    kept = keep_offset(offsets)
+    index = torch.arange(tiles, device=device)[:, None] - torch.arange(tiles, device=device)[None, :] + tiles - 1
+    return kept.any(-1)[index], kept.all(-1)[index]
+
+
+def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (batch, heads, T, T) tile table as BlockMask's (counts, column indices listed first where kept)."""
+    counts = tiles.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts.contiguous(), indices.contiguous()
+
+
+def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
+    """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
+    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial = partial & ~full
+    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
+                                    mask_mod=mask_mod, seq_lengths=(length, length))
+
+
+def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None,
+               heads: int | None = None):
+    """A BlockMask evaluated from `mask_mod` over every pair (torch's create_block_mask, compiled on CUDA), for the
+    patterns that have no tile-level builder yet (the Sparse Transformer's grid and summary masks): built, and
+    compiled, once per shape, unlike `tile_block_mask`."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(mask_mod, batch, heads, length, key_length or length, device=device,
+                             _compile=device.type == "cuda")
+
+
+def tile_kernel_options(mask) -> dict | None:
+    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
+    default tile, where torch's own choice stands."""
+    q_tile, kv_tile = mask.BLOCK_SIZE
+    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
+        return None
+    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+
+
+def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
+                compiled: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d).
+
+    The mask may be longer than N (a shape bucket) when it drops every key past N: q/k/v are then padded to its
+    length and the output cut back to N."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    length, padded = query.shape[2], mask.seq_lengths[0]
+    if padded < length:
+        raise ValueError(f"The BlockMask covers {padded} tokens but the input has {length}.")
+    query, key, value = (pad_length(x, padded) for x in (query, key, value))
+    gqa = query.shape[1] != key.shape[1]
+    if not compiled:
+        out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
+    else:
+        out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
+                           kernel_options=tile_kernel_options(mask))
+    return out[:, :, :length].transpose(1, 2)
+
+
 # from hf_efficient/core/layers.py
 class EfficientRMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich, arXiv 1910.07467): y = w * x / sqrt(mean(x^2) + eps), computed in float32."""
@@ -367,108 +469,6 @@ class EfficientAttention(nn.Module):
 def causal_keep(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
     """(q, keys) bool: query i (the last q of `keys` positions) sees keys up to its own position."""
     return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
-
-
-# from hf_efficient/attention/flex.py
-FLEX_TILE = 128  # the BlockMask's default tile: FlexAttention skips empty FLEX_TILE x FLEX_TILE blocks
-
-
-MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need q/k/v head dims of at least 16
-
-
-def flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def pad_length(x: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
-    """x padded with zeros along `dim` to `length`."""
-    missing = length - x.shape[dim]
-    if missing == 0:
-        return x
-    dim = dim % x.dim()
-    return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, missing))
-
-
-def token_tiles(tokens: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, N) bool -> (any, all), each (batch, ceil(N / tile)): whether a tile holds some / only marked tokens
-    (positions past N count as unmarked, so a tile cut by the end is never 'all')."""
-    tiles = -(-tokens.shape[1] // tile)
-    per_tile = pad_length(tokens, tiles * tile, dim=1).view(tokens.shape[0], tiles, tile)
-    return per_tile.any(-1), per_tile.all(-1)
-
-
-def offset_tiles(keep_offset: Callable[[torch.Tensor], torch.Tensor], tiles: int, tile: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(any, all), each (tiles, tiles) bool, for a pattern that depends only on the offset i - j. The pairs of query
-    tile I and key tile J have the offsets (I - J) * tile + r, r = -(tile - 1) .. tile - 1, so evaluating
-    `keep_offset` on those (2 tiles - 1, 2 tile - 1) offsets decides every tile exactly: O(tiles * tile) work."""
-    shifts = torch.arange(-(tiles - 1), tiles, device=device)  # I - J
-    offsets = shifts[:, None] * tile + torch.arange(-(tile - 1), tile, device=device)[None, :]
-    kept = keep_offset(offsets)
-    index = torch.arange(tiles, device=device)[:, None] - torch.arange(tiles, device=device)[None, :] + tiles - 1
-    return kept.any(-1)[index], kept.all(-1)[index]
-
-
-def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (batch, heads, T, T) tile table as BlockMask's (counts, column indices listed first where kept)."""
-    counts = tiles.sum(-1, dtype=torch.int32)
-    indices = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return counts.contiguous(), indices.contiguous()
-
-
-def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
-    """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
-    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    partial = partial & ~full
-    return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
-                                    mask_mod=mask_mod, seq_lengths=(length, length))
-
-
-def block_mask(mask_mod, batch: int | None, length: int, device: torch.device, key_length: int | None = None,
-               heads: int | None = None):
-    """A BlockMask evaluated from `mask_mod` over every pair (torch's create_block_mask, compiled on CUDA), for the
-    patterns that have no tile-level builder yet (the Sparse Transformer's grid and summary masks): built, and
-    compiled, once per shape, unlike `tile_block_mask`."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    return create_block_mask(mask_mod, batch, heads, length, key_length or length, device=device,
-                             _compile=device.type == "cuda")
-
-
-def tile_kernel_options(mask) -> dict | None:
-    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
-    default tile, where torch's own choice stands."""
-    q_tile, kv_tile = mask.BLOCK_SIZE
-    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
-        return None
-    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
-
-
-def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
-                compiled: bool = True) -> torch.Tensor:
-    """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d).
-
-    The mask may be longer than N (a shape bucket) when it drops every key past N: q/k/v are then padded to its
-    length and the output cut back to N."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    length, padded = query.shape[2], mask.seq_lengths[0]
-    if padded < length:
-        raise ValueError(f"The BlockMask covers {padded} tokens but the input has {length}.")
-    query, key, value = (pad_length(x, padded) for x in (query, key, value))
-    gqa = query.shape[1] != key.shape[1]
-    if not compiled:
-        out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
-    else:
-        out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
-                           kernel_options=tile_kernel_options(mask))
-    return out[:, :, :length].transpose(1, 2)
 
 
 # from hf_efficient/attention/factorized.py
@@ -1145,6 +1145,47 @@ def returned_cache(output: ModelOutput) -> Cache | None:
     return getattr(output, CACHE_FIELD)
 
 
+# from hf_efficient/core/lm_loss.py
+IGNORE_INDEX = -100
+
+
+CHUNK_ROWS = 4096
+
+
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None,
+                      chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
+
+    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
+    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
+    """
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    labelled = labels != IGNORE_INDEX
+    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.shape[0], chunk_rows):
+        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*chunk)
+    if num_items_in_batch is None:
+        return total / targets.shape[0]
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
+    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 # from hf_efficient/core/state_cache.py
 class StateCacheLayer(CacheLayerMixin):
     """One layer's decoding state: the tensors named in `state_names` (None before the first forward) and the number
@@ -1494,47 +1535,6 @@ class EfficientModel(EfficientPreTrainedModel):
             torch._assert_async(position_ids.max() < limit, f"position_ids reach past the table: {advice}")
         elif int(position_ids.max()) >= limit:
             raise ValueError(f"The input needs positions up to {int(position_ids.max()) + 1} but {advice}")
-
-
-# from hf_efficient/core/lm_loss.py
-IGNORE_INDEX = -100
-
-
-CHUNK_ROWS = 4096
-
-
-def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                      num_items_in_batch: torch.Tensor | int | None = None,
-                      chunk_rows: int | None = None) -> torch.Tensor:
-    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
-
-    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
-    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
-    """
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    labelled = labels != IGNORE_INDEX
-    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.shape[0], chunk_rows):
-        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(*chunk)
-    if num_items_in_batch is None:
-        return total / targets.shape[0]
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
-
-
-def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
-    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
 # from hf_efficient/core/heads.py
