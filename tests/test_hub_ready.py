@@ -56,6 +56,7 @@ BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
         report["hf_efficient_importable"] = False
     import torch, transformers
     from safetensors.torch import load_file, save_file
+    report["libraries"] = [transformers.__file__, torch.__file__]
 
     def name_of(cls):
         return f"{cls.__module__}:{cls.__name__}"
@@ -139,7 +140,9 @@ def saved(tmp_path_factory):
 
 
 def site_packages() -> list[str]:
-    return [folder for folder in site.getsitepackages() if Path(folder).is_dir()]
+    """Where this process found torch and transformers, then the site-packages folders."""
+    found = [str(Path(module.__file__).parents[1]) for module in (transformers, torch)] + site.getsitepackages()
+    return [folder for folder in dict.fromkeys(found) if Path(folder).is_dir()]
 
 
 def run_fresh(root: Path, name: str, cases: list, resave: tuple[str, Path]) -> tuple[dict, dict]:
@@ -171,6 +174,7 @@ def fresh(saved):
 def test_the_fresh_process_cannot_import_hf_efficient(fresh):
     _, report = fresh
     assert report["hf_efficient_importable"] is False
+    assert report["libraries"] == [transformers.__file__, torch.__file__]  # the libraries this process tests
     assert report["package_modules"] == []
 
 
