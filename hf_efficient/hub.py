@@ -8,8 +8,9 @@ inlined by hf_efficient.bundle (the same text as modeling/<variant>/ of the sour
 the registry only: one a config arrives with is replaced, never copied. A model loaded from such a folder as remote
 code saves the same files again (transformers copies the files of classes it loaded as remote code).
 
-With hf_efficient imported, `from_pretrained` without `trust_remote_code` uses the plugin's own classes (the folder's
-model_type is registered), whichever version wrote the folder; `trust_remote_code=True` runs the folder's bundle.
+Where hf_efficient is imported, the Auto classes use the plugin's own classes, with or without
+`trust_remote_code=True` (transformers prefers a model type registered in the process to a folder's code), whichever
+version wrote the folder. The card says which version did (`write_card`, also on `push_to_hub`).
 """
 
 import re
@@ -98,6 +99,12 @@ def write_bundle(folder: str | Path, config) -> list[Path]:
         (folder / name).write_text(text)
         written.append(folder / name)
     return written
+
+
+def make_hub_ready(folder: str | Path, config) -> None:
+    """The bundle of the config's variant and the card's version line, in `folder`."""
+    write_bundle(folder, config)
+    write_card(folder, config)
 
 
 def version_line(config) -> str:

@@ -403,4 +403,18 @@ def test_model_push_to_hub_uploads_the_bundle(saved, hub):
         "auto_map"]
     for name, text in bundle("efficient_longformer").files.items():
         assert commit.files[name].decode() == text
+    card = commit.files["README.md"].decode()  # the repo's card (here transformers' template), with the version
+    assert card.startswith("---\nlibrary_name: transformers\n---") and version_line_of() in card
+
+
+def test_config_push_to_hub_uploads_the_bundle_and_card(saved, hub, tmp_path):
+    config = transformers.AutoConfig.from_pretrained(saved["sparse_transformer-model"][0])
+    config.save_pretrained(str(tmp_path), push_to_hub=True, repo_id="someone/config-only")
+    (commit,) = hub
+    assert {"config.json", "README.md", *bundle("efficient_sparse_transformer").files} == set(commit.files)
+    assert version_line_of() in commit.files["README.md"].decode()
+
+
+def version_line_of() -> str:
+    return f"Written by hf-efficient {hf_efficient.__version__} ("
 

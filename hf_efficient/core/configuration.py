@@ -189,12 +189,19 @@ class EfficientConfig(PreTrainedConfig):
         saved model, fine-tuning checkpoints and `push_to_hub` included, loads with `trust_remote_code=True` where
         only torch and transformers are installed. The bundle's classes don't have this method: a model loaded as
         remote code saves its files as transformers does, copying them."""
-        from ..hub import bundle_auto_map, write_bundle, write_card
+        from ..hub import bundle_auto_map, make_hub_ready
 
         self.auto_map = bundle_auto_map(self)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        write_bundle(save_directory, self)
-        write_card(save_directory, self)
+        make_hub_ready(save_directory, self)
+
+    @plugin_only
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """transformers' upload step (`save_pretrained(..., push_to_hub=True)`): the bundle and card go too."""
+        from ..hub import make_hub_ready
+
+        make_hub_ready(working_dir, self)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def validate_mechanism(self) -> None:
         """Normalise and check the variant's own knobs (expand per-layer ints, raise ValueErrors saying what to
