@@ -61,18 +61,20 @@ BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
     def name_of(cls):
         return f"{cls.__module__}:{cls.__name__}"
 
-    inputs, outputs = load_file(spec["inputs"]), {}
+    device = spec["device"]
+    inputs, outputs = {name: tensor.to(device) for name, tensor in load_file(spec["inputs"]).items()}, {}
     with torch.no_grad():
-        for key, folder, auto_name in spec["cases"]:
-            model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+        for key, folder, auto_name, options in spec["cases"]:
+            model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True, **options)
+            model = model.to(device).eval()
             report["classes"][key] = [name_of(type(model)), name_of(type(model.config))]
             output = model(input_ids=inputs[key + "/input_ids"], attention_mask=inputs[key + "/attention_mask"])
             for field in spec["fields"]:
                 if getattr(output, field, None) is not None:
-                    outputs[f"{key}/{field}"] = getattr(output, field).contiguous()
+                    outputs[f"{key}/{field}"] = getattr(output, field).float().cpu().contiguous()
             if auto_name == "AutoModelForCausalLM":
                 outputs[key + "/generated"] = model.generate(inputs[key + "/input_ids"][:1, :8], max_new_tokens=4,
-                                                             do_sample=False)
+                                                             do_sample=False).cpu()
             # every class the folder's auto_map names, in the modules the Auto class loaded (transformers resolves
             # each through get_class_from_dynamic_module, which gives the same module for the same folder)
             modules = {type(model).__module__.split(".")[-1]: sys.modules[type(model).__module__],
@@ -90,9 +92,11 @@ BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
 
 
 def outputs_of(model, inputs: dict) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
     with torch.no_grad():
-        output = model(**inputs)
-    return {field: getattr(output, field) for field in OUTPUT_FIELDS if getattr(output, field, None) is not None}
+        output = model(**{name: tensor.to(device) for name, tensor in inputs.items()})
+    return {field: getattr(output, field).float().cpu() for field in OUTPUT_FIELDS
+            if getattr(output, field, None) is not None}
 
 
 def head_cases() -> list[tuple[str, str, str]]:
@@ -145,16 +149,18 @@ def site_packages() -> list[str]:
     return [folder for folder in dict.fromkeys(found) if Path(folder).is_dir()]
 
 
-def run_fresh(root: Path, name: str, cases: list, resave: tuple[str, Path]) -> tuple[dict, dict]:
-    """Load `cases` [(key, folder, auto class name, inputs)] in one fresh process without hf_efficient; returns its
-    (outputs, report)."""
+def run_fresh(root: Path, name: str, cases: list, resave: tuple[str, Path] = ("", Path()), device: str = "cpu",
+              options: dict | None = None) -> tuple[dict, dict]:
+    """Load `cases` [(key, folder, auto class name, inputs)] in one fresh process without hf_efficient, with
+    from_pretrained keyword arguments `options[key]`, on `device`; returns its (outputs, report)."""
     work = root / f"{name}-work"  # outside the source tree: the cwd can't put hf_efficient on sys.path
     work.mkdir()
     save_file({f"{key}/{input_name}": tensor.contiguous() for key, _, _, inputs in cases
                for input_name, tensor in inputs.items()}, work / "inputs.safetensors")
+    options = options or {}
     spec = {"site_packages": site_packages(), "inputs": str(work / "inputs.safetensors"),
-            "cases": [[key, str(folder), auto_name] for key, folder, auto_name, _ in cases],
-            "fields": OUTPUT_FIELDS, "resave": [resave[0], str(resave[1])], "out": str(work / "out")}
+            "cases": [[key, str(folder), auto_name, options.get(key, {})] for key, folder, auto_name, _ in cases],
+            "fields": OUTPUT_FIELDS, "resave": [resave[0], str(resave[1])], "out": str(work / "out"), "device": device}
     (work / "spec.json").write_text(json.dumps(spec))
     (work / "load.py").write_text(BUNDLE_LOAD_SCRIPT)
     env = {**os.environ, "HF_MODULES_CACHE": str(work / "modules"), "HF_HUB_OFFLINE": "1"}
@@ -418,3 +424,32 @@ def test_config_push_to_hub_uploads_the_bundle_and_card(saved, hub, tmp_path):
 def version_line_of() -> str:
     return f"Written by hf-efficient {hf_efficient.__version__} ("
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_on_cuda_the_bundle_takes_the_plugins_fast_paths(tmp_path):
+    """On CUDA, a bundle loaded without the plugin runs every attention backend the plugin has there ("auto" and the
+    variant's GPU fast paths, FlexAttention or torch.compile) with the plugin's outputs; head_dim 16, the smallest
+    the compiled kernels take."""
+    cases, options, expected = [], {}, {}
+    for index, (key, model_type, head) in enumerate(head_cases()):
+        if head not in ("model", "causal_lm"):
+            continue
+        tester = TESTERS[model_type]
+        config = tester.config("gpt2" if head == "causal_lm" else "bert", num_attention_heads=2)
+        torch.manual_seed(index)
+        model_class(model_type, head)(config).save_pretrained(tmp_path / key)
+        inputs = tester.inputs(config, seed=index)
+        for backend in ("auto", *tester.gpu_backends):
+            case = f"{key}-{backend}"
+            cases.append((case, tmp_path / key, AUTO_NAMES[head], inputs))
+            options[case] = {"attention_backend": backend}
+            plugin = getattr(transformers, AUTO_NAMES[head]).from_pretrained(tmp_path / key, attention_backend=backend)
+            expected[case] = outputs_of(plugin.to("cuda").eval(), inputs)
+    outputs, report = run_fresh(tmp_path, "cuda", cases, device="cuda", options=options)
+    assert report["hf_efficient_importable"] is False
+    for case, fields in expected.items():
+        assert report["classes"][case][0].startswith("transformers_modules."), case
+        for field, reference in fields.items():
+            torch.testing.assert_close(outputs[f"{case}/{field}"], reference, rtol=1e-5, atol=1e-5, msg=case)
