@@ -88,7 +88,7 @@ def absolute_module(module: Module, node: ast.ImportFrom) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-def is_package_import(module: Module, node: ast.AST) -> bool:
+def is_package_import(node: ast.AST) -> bool:
     if isinstance(node, ast.ImportFrom):
         return node.level > 0 or node.module.split(".")[0] == PACKAGE
     return isinstance(node, ast.Import) and any(alias.name.split(".")[0] == PACKAGE for alias in node.names)
@@ -176,7 +176,7 @@ def parse_unit(module: Module, node: ast.stmt, index: int, lines: list[str]) -> 
             removed.update(range(start - (not lines[start - 2].strip()), node.end_lineno + 1))
             return
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if is_package_import(module, node):
+            if is_package_import(node):
                 if node is top:
                     return
                 lazy.extend(package_names(module, node))
@@ -195,7 +195,7 @@ def parse_unit(module: Module, node: ast.stmt, index: int, lines: list[str]) -> 
             visit(child, guarded)
 
     top = node
-    if isinstance(node, ast.If | ast.Try) and any(is_package_import(module, n) for n in ast.walk(node)):
+    if isinstance(node, ast.If | ast.Try) and any(is_package_import(n) for n in ast.walk(node)):
         raise BundleError(f"{module.where(node)}: a package import inside a top-level `if`/`try`; import package "
                           "names at the top of the module or inside functions.")
     visit(node, guarded=False)
@@ -221,7 +221,12 @@ def parse_module(name: str) -> Module:
             isinstance(body[0].value.value, str):
         body = body[1:]  # the module docstring
     for index, node in enumerate(body):
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and is_package_import(module, node):
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            raise BundleError(f"{module.where(node)}: a __future__ import changes the whole bundle file it is "
+                              "inlined into; write the module without it.")
+        if is_plugin_only(node):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and is_package_import(node):
             for source_module, imported in package_names(module, node):
                 module.package_imports[imported] = (source_module, imported)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -458,7 +463,8 @@ def bundle(model_type: str) -> BundleFiles:
         f"{heads}\n{generated}\n"
         "Every attention path of the plugin's classes is here: attention_backend='auto' takes the same path as the\n"
         "plugin on every device (on CUDA, the variant's fast path where it has one; an optional kernel library such\n"
-        "as flash-linear-attention only where it is installed), and the CPU path is the plugin's CPU path.\n")
+        "as flash-linear-attention only where it is installed), and the CPU path is the plugin's CPU path. Where\n"
+        "hf_efficient is imported, transformers' Auto classes use the plugin's own classes instead of these.\n")
     files = {
         f"{config_module}.py": render(config_selection, config_doc, None),
         f"{modeling_module}.py": render(modeling_selection, modeling_doc,

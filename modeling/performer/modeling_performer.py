@@ -11,7 +11,8 @@ command again. Needs only torch and transformers: the plugin's code for these cl
 
 Every attention path of the plugin's classes is here: attention_backend='auto' takes the same path as the
 plugin on every device (on CUDA, the variant's fast path where it has one; an optional kernel library such
-as flash-linear-attention only where it is installed), and the CPU path is the plugin's CPU path.
+as flash-linear-attention only where it is installed), and the CPU path is the plugin's CPU path. Where
+hf_efficient is imported, transformers' Auto classes use the plugin's own classes instead of these.
 """
 
 import functools
