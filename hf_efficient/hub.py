@@ -1,64 +1,65 @@
-"""Hub-ready checkpoint folders: loading with `trust_remote_code=True` without `import hf_efficient`, and uploads.
+"""Hub-ready checkpoint folders: they load with `trust_remote_code=True` where only torch and transformers are
+installed, and say which hf-efficient wrote them.
 
 Every save of a package model is Hub-ready: `EfficientConfig.save_pretrained` sets the config's `auto_map`
-(AutoConfig, AutoModel and one AutoModelFor* per head the config can build) and writes the two small files it names,
-configuration_efficient.py and modeling_efficient.py, next to the weights. Both come from this module's templates and
-the package's own class names only: an `auto_map` a config arrives with is replaced, never copied into code. The
-files import the installed hf-efficient package and define one-line subclasses of its classes. Subclasses, not
-re-exports: transformers marks a class loaded as remote code with `register_for_auto_class` and, when saving, copies
-the file that defines it; a re-exported package class would get marked for the whole process, and its own file
-(relative imports into the package) would be copied. The templates are written after transformers' copies, so a save
-of a model loaded as remote code writes the package's text too.
+(AutoConfig, AutoModel and one AutoModelFor* per head the config can build) and writes the variant's bundle next to
+the weights, `configuration_<variant>.py` and `modeling_<variant>.py`: the package's own code for the variant,
+inlined by hf_efficient.bundle (the same text as modeling/<variant>/ of the source tree). The `auto_map` comes from
+the registry only: one a config arrives with is replaced, never copied. A model loaded from such a folder as remote
+code saves the same files again (transformers copies the files of classes it loaded as remote code).
+
+Where hf_efficient is imported, the Auto classes use the plugin's own classes, with or without
+`trust_remote_code=True` (transformers prefers a model type registered in the process to a folder's code), whichever
+version wrote the folder. The card says which version did (`write_card`, also on `push_to_hub`).
 """
 
+import re
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-CONFIG_MODULE = "configuration_efficient"
-MODELING_MODULE = "modeling_efficient"
+from .bundle import bundle
+
 INSTALL = "pip install hf-efficient"
+# what hf-efficient wrote before bundles: two files that import the installed package (removed on the next save)
+LEGACY_FILES = ("configuration_efficient.py", "modeling_efficient.py")
+LEGACY_MARK = '"""Remote code of an hf-efficient checkpoint, written by hf_efficient.hub'
+VERSION_LINE = re.compile(r"^Written by hf-efficient \S+ \(.*$", flags=re.MULTILINE)
 
-_HEADER = '''"""Remote code of an hf-efficient checkpoint, written by hf_efficient.hub (regenerated on every save).
+CARD = """---
+{card_data}
+---
 
-The model's code is the hf-efficient package (`{install}`); the classes below are one-line subclasses of
-its own, so that `{auto_class}.from_pretrained(path, trust_remote_code=True)` loads this checkpoint without
-`import hf_efficient`. With hf_efficient imported, transformers uses the package's classes directly.
+# {name}
+
+An hf-efficient **{model_type}** model{architecture}.
+
+{version_line}
+
+## Use
+
+{use}
 """
-'''
 
-_PACKAGE_IMPORT = '''
-try:
-    import hf_efficient
-except ImportError as error:
-    raise ImportError(
-        "This checkpoint is an hf-efficient model: its code is the hf-efficient package. Install it with "
-        "`{install}`."
-    ) from error
+USE = """With the plugin installed (`{install}`), import it and load the folder like any model; the plugin's own
+classes (and its fast attention paths) are used:
 
+```python
+import hf_efficient  # registers the efficient_* model types with the Auto classes
+from transformers import {auto_class}
 
-def package_class(name: str) -> type:
-    """The installed hf-efficient's class `name`, or an ImportError saying to upgrade."""
-    found = getattr(hf_efficient, name, None)
-    if found is None:
-        version = hf_efficient.__version__
-        raise ImportError(f"The installed hf-efficient {{version}} has no {{name}}: `{install} --upgrade`.")
-    return found
-'''
+model = {auto_class}.from_pretrained("{path}")
+```
 
-_CLASS = '''
+Without the plugin, transformers runs the folder's own code, which needs only torch and transformers:
 
-class {name}(package_class("{name}")):
-    """hf_efficient.{name}; see the package for its documentation."""
-'''
+```python
+from transformers import {auto_class}
 
-_MODEL_CLASS = '''
+model = {auto_class}.from_pretrained("{path}", trust_remote_code=True)
+```
 
-class {name}(package_class("{name}")):
-    """hf_efficient.{name}; see the package for its documentation."""
-
-    config_class = {config_name}
-'''
+The same works for the `AutoModelFor*` class of each task head the folder's `auto_map` lists."""
 
 
 def buildable_heads(config) -> dict[str, type]:
@@ -69,52 +70,85 @@ def buildable_heads(config) -> dict[str, type]:
     return {head: cls for head, cls in VARIANTS[config.model_type].heads.items() if head != refused}
 
 
-def remote_code_auto_map(config) -> dict[str, str]:
+def bundle_auto_map(config) -> dict[str, str]:
     """The `auto_map` of a config: AutoConfig, AutoModel and one AutoModelFor* per head it can build, each naming a
-    class of the package (by its registry, never by anything the config carries)."""
+    class of the variant's bundle (by the registry, never by anything the config carries)."""
     from .auto import AUTO_HEADS, VARIANTS
 
-    variant = VARIANTS[config.model_type]
+    variant, files = VARIANTS[config.model_type], bundle(config.model_type)
     auto_map = {
-        "AutoConfig": f"{CONFIG_MODULE}.{variant.config.__name__}",
-        "AutoModel": f"{MODELING_MODULE}.{variant.model.__name__}",
+        "AutoConfig": f"{files.config_module}.{variant.config.__name__}",
+        "AutoModel": f"{files.modeling_module}.{variant.model.__name__}",
     }
     for head, model_class in buildable_heads(config).items():
-        auto_map[AUTO_HEADS[head].__name__] = f"{MODELING_MODULE}.{model_class.__name__}"
+        auto_map[AUTO_HEADS[head].__name__] = f"{files.modeling_module}.{model_class.__name__}"
     return auto_map
 
 
-def write_remote_code(folder: str | Path, config) -> list[Path]:
-    """Write configuration_efficient.py and modeling_efficient.py for the classes of `remote_code_auto_map(config)`,
-    from the templates above."""
-    from .auto import VARIANTS
-
-    variant = VARIANTS[config.model_type]
-    config_name = variant.config.__name__
-    model_names = [variant.model.__name__, *(cls.__name__ for cls in buildable_heads(config).values())]
-    package_import = _PACKAGE_IMPORT.format(install=INSTALL)
-    config_source = _HEADER.format(install=INSTALL, auto_class="AutoConfig") + package_import + _CLASS.format(
-        name=config_name
-    )
-    modeling_source = (
-        _HEADER.format(install=INSTALL, auto_class="AutoModel")
-        + f"\nfrom .{CONFIG_MODULE} import {config_name}, package_class\n"
-        + "".join(_MODEL_CLASS.format(name=name, config_name=config_name) for name in sorted(model_names))
-    )
+def write_bundle(folder: str | Path, config) -> list[Path]:
+    """Write the bundle of the config's variant into `folder`; remove the remote-code files versions before bundles
+    wrote (they would import the installed package). Returns the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in LEGACY_FILES:
+        legacy = folder / name
+        if legacy.is_file() and legacy.read_text().startswith(LEGACY_MARK):
+            legacy.unlink()
     written = []
-    for module, source in ((CONFIG_MODULE, config_source), (MODELING_MODULE, modeling_source)):
-        path = folder / f"{module}.py"
-        path.write_text(source)
-        written.append(path)
+    for name, text in bundle(config.model_type).files.items():
+        (folder / name).write_text(text)
+        written.append(folder / name)
     return written
+
+
+def make_hub_ready(folder: str | Path, config) -> None:
+    """The bundle of the config's variant and the card's version line, in `folder`."""
+    write_bundle(folder, config)
+    write_card(folder, config)
+
+
+def version_line(config) -> str:
+    """The card's line saying which plugin version wrote the folder's code."""
+    from . import __version__
+
+    files = bundle(config.model_type)
+    return (f"Written by hf-efficient {__version__} (its code: `{files.config_module}.py` and "
+            f"`{files.modeling_module}.py`, self-contained, need only torch and transformers).")
+
+
+def use_text(config, path: str) -> str:
+    """How to load the folder, with and without the plugin (for the cards)."""
+    from .auto import AUTO_HEADS, VARIANTS
+
+    architecture = (config.architectures or [None])[0]
+    auto_class = "AutoModel"
+    for head, cls in VARIANTS[config.model_type].heads.items():
+        if cls.__name__ == architecture:
+            auto_class = AUTO_HEADS[head].__name__
+    return USE.format(install=INSTALL, auto_class=auto_class, path=path)
+
+
+def write_card(folder: str | Path, config) -> None:
+    """The folder's README.md says which hf-efficient wrote it: a short card when it has none, else its version line
+    replaced (or added, for a card of the user's own)."""
+    path = Path(folder) / "README.md"
+    line = version_line(config)
+    if path.is_file():
+        text = path.read_text()
+        updated, count = VERSION_LINE.subn(line.replace("\\", "\\\\"), text)
+        path.write_text(updated if count else text.rstrip("\n") + f"\n\n{line}\n")
+        return
+    data = ModelCardData(library_name="transformers", tags=["hf-efficient", config.model_type])
+    architecture = f" (`{config.architectures[0]}`)" if config.architectures else ""
+    ModelCard(CARD.format(card_data=data.to_yaml(), name=Path(folder).resolve().name, model_type=config.model_type,
+                          architecture=architecture, version_line=line,
+                          use=use_text(config, str(folder)))).save(path)
 
 
 def upload_folder(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
                   commit_message: str = "Upload hf-efficient checkpoint") -> str:
-    """Create `repo_id` if needed and commit every file of `folder` (config, weights, tokenizer, card, remote code)
-    in one commit, the way transformers' `push_to_hub` does. Returns the repo id the Hub resolved."""
+    """Create `repo_id` if needed and commit every file of `folder` (config, weights, tokenizer, card, bundle) in one
+    commit, the way transformers' `push_to_hub` does. Returns the repo id the Hub resolved."""
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     folder = Path(folder)

@@ -1,16 +1,19 @@
-"""Hub-ready conversion output: every folder `convert` writes loads with `trust_remote_code=True` in a fresh process
-that never imports hf_efficient, keeps its remote code when saved again, and uploads all it should.
+"""Hub-ready folders: every folder `save_pretrained` and `convert` write carries its variant's self-contained bundle
+and loads with `trust_remote_code=True` in a fresh process where hf_efficient cannot be imported, with the plugin's
+outputs; it loads with the plugin's own classes where the plugin is imported (folders of older versions too); its
+card says which plugin version wrote it; uploads carry all of it.
 
-One fresh process loads every converted folder. Its first load, the causal LM, is the one that finds hf_efficient
-unimported, so transformers takes its remote-code path; every folder is also loaded through the classes its auto_map
-names. The in-process models (loaded after `import hf_efficient`) are the reference. Uploads go to a mocked HfApi:
-nothing touches the network.
+One fresh process loads every folder (every variant, every head). It runs `python -I -S` with only the
+site-packages folders on sys.path (no .pth file runs, so an editable install of hf-efficient is invisible too) and a
+working directory outside the source tree. The in-process models (loaded with the plugin) are the reference. Uploads
+go to a mocked HfApi: nothing touches the network.
 """
 
 import importlib
 import json
 import os
-import runpy
+import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -22,328 +25,331 @@ import torch
 import transformers
 import yaml
 from huggingface_hub import HfApi, ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_conversion import save_tiny_bert
 from testers import TESTERS
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    BertForMaskedLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-)
+from transformers import AutoModelForMaskedLM, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 import hf_efficient
 from hf_efficient.auto import AUTO_HEADS, VARIANTS
+from hf_efficient.bundle import bundle
 from hf_efficient.cli import main
 from hf_efficient.conversion import ConversionError, convert
-from hf_efficient.hub import CONFIG_MODULE, MODELING_MODULE
 
-CODE_FILES = {f"{CONFIG_MODULE}.py", f"{MODELING_MODULE}.py"}
 AUTO_NAMES = {"model": "AutoModel", **{head: auto.__name__ for head, auto in AUTO_HEADS.items()}}
-BERT_HEADS = ["model", "sequence_classification", "token_classification", "question_answering"]  # + masked_lm
-INPUT_IDS = torch.randint(1, 99, (2, 24), generator=torch.Generator().manual_seed(0))
+OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits")
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_remote_code"
 
-# Runs in a fresh interpreter: load each (key, folder, Auto class) with trust_remote_code=True, without ever
-# importing hf_efficient; write the outputs (safetensors) and what was loaded (json) for the test to compare.
-REMOTE_LOAD_SCRIPT = textwrap.dedent('''
+# Runs in a fresh `python -I -S`: put only the site-packages folders on sys.path, check that hf_efficient can't be
+# imported, load each (key, folder, Auto class) with trust_remote_code=True, and write its outputs (safetensors) and
+# what was loaded (json) for the tests to compare.
+BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
     import json, sys
-    import torch, transformers
-    from safetensors.torch import save_file
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
     spec = json.load(open(sys.argv[1]))
-    ids = torch.tensor(spec["ids"])
-    outputs, report = {}, {"hf_efficient_imported_before": "hf_efficient" in sys.modules, "classes": {}}
-
-    def main_output(output):
-        for name in ("logits", "start_logits", "last_hidden_state"):
-            if getattr(output, name, None) is not None:
-                return getattr(output, name).contiguous()
+    sys.path.extend(spec["site_packages"])
+    report = {"classes": {}, "auto_map_classes": {}}
+    try:
+        import hf_efficient  # noqa: F401
+        report["hf_efficient_importable"] = True
+    except ImportError:
+        report["hf_efficient_importable"] = False
+    import torch, transformers
+    from safetensors.torch import load_file, save_file
+    report["libraries"] = [transformers.__file__, torch.__file__]
 
     def name_of(cls):
         return f"{cls.__module__}:{cls.__name__}"
 
+    device = spec["device"]
+    inputs, outputs = {name: tensor.to(device) for name, tensor in load_file(spec["inputs"]).items()}, {}
     with torch.no_grad():
-        for index, (key, folder, auto_name) in enumerate(spec["cases"]):
-            model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
-            outputs[key] = main_output(model(input_ids=ids))
-            if index == 0:  # the only load that finds hf_efficient unimported: the Auto class must use remote code
-                report["first_class"] = name_of(type(model))
-                report["first_config_class"] = name_of(type(model.config))
-                model.save_pretrained(spec["resave"])
+        for key, folder, auto_name, options in spec["cases"]:
+            model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True, **options)
+            model = model.to(device).eval()
+            report["classes"][key] = [name_of(type(model)), name_of(type(model.config))]
+            output = model(input_ids=inputs[key + "/input_ids"], attention_mask=inputs[key + "/attention_mask"])
+            for field in spec["fields"]:
+                if getattr(output, field, None) is not None:
+                    outputs[f"{key}/{field}"] = getattr(output, field).float().cpu().contiguous()
             if auto_name == "AutoModelForCausalLM":
-                outputs[key + "/generated"] = model.generate(ids[:1, :8], max_new_tokens=4, do_sample=False)
-            # every class the folder's auto_map names, resolved as transformers does for a first load
+                outputs[key + "/generated"] = model.generate(inputs[key + "/input_ids"][:1, :8], max_new_tokens=4,
+                                                             do_sample=False).cpu()
+            # every class the folder's auto_map names, in the modules the Auto class loaded (transformers resolves
+            # each through get_class_from_dynamic_module, which gives the same module for the same folder)
+            modules = {type(model).__module__.split(".")[-1]: sys.modules[type(model).__module__],
+                       type(model.config).__module__.split(".")[-1]: sys.modules[type(model.config).__module__]}
             auto_map = json.load(open(f"{folder}/config.json"))["auto_map"]
-            for name, reference in auto_map.items():
-                remote_class = get_class_from_dynamic_module(reference, folder)
-                report["classes"][f"{key}/{name}"] = [name_of(remote_class), name_of(remote_class.__mro__[1])]
-            remote_class = get_class_from_dynamic_module(auto_map[auto_name], folder)
-            outputs[key + "/remote_class"] = main_output(remote_class.from_pretrained(folder).eval()(input_ids=ids))
-        if spec.get("tokenizer"):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(spec["tokenizer"], trust_remote_code=True)
-            outputs["tokenized"] = torch.tensor(tokenizer("the cat sat.")["input_ids"])
-        # both ways in one process: after remote code imported it, the package's registration loads the same folder
-        import hf_efficient
-        key, folder, auto_name = spec["cases"][0]
-        local = getattr(transformers, auto_name).from_pretrained(folder).eval()
-        report["local_class"] = name_of(type(local))
-        outputs[key + "/local"] = main_output(local(input_ids=ids))
-        report["package_auto_class"] = sorted(
-            {str(cls._auto_class) for variant in hf_efficient.VARIANTS.values() for cls in variant.classes}
-        )
+            report["auto_map_classes"][key] = {
+                name: name_of(getattr(modules[reference.split(".")[0]], reference.split(".")[1]))
+                for name, reference in auto_map.items()}
+            if key == spec["resave"][0]:
+                model.save_pretrained(spec["resave"][1])
+    report["package_modules"] = sorted(name for name in sys.modules if name.split(".")[0] == "hf_efficient")
     save_file(outputs, spec["out"] + ".safetensors")
     json.dump(report, open(spec["out"] + ".json", "w"))
 ''')
 
 
-def main_output(output) -> torch.Tensor:
-    for name in ("logits", "start_logits", "last_hidden_state"):
-        if getattr(output, name, None) is not None:
-            return getattr(output, name)
+def outputs_of(model, inputs: dict) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        output = model(**{name: tensor.to(device) for name, tensor in inputs.items()})
+    return {field: getattr(output, field).float().cpu() for field in OUTPUT_FIELDS
+            if getattr(output, field, None) is not None}
+
+
+def head_cases() -> list[tuple[str, str, str]]:
+    """(key, model_type, head) for every variant and head: the heads of an encoder, and the causal LM in the causal
+    direction where the mechanism has one."""
+    cases = []
+    for model_type, variant in sorted(VARIANTS.items()):
+        for head in ["model", *variant.heads]:
+            if head == "causal_lm" and not variant.model.attention_class.supports_causal:
+                continue
+            cases.append((f"{model_type.removeprefix('efficient_')}-{head}", model_type, head))
+    return cases
+
+
+def model_class(model_type: str, head: str) -> type:
+    variant = VARIANTS[model_type]
+    return variant.model if head == "model" else variant.heads[head]
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """key -> (converted folder, Auto class name): Longformer from BERT with every head, causal Longformer from
-    GPT-2, and every other registered variant (bare model) from BERT. No fidelity check: speed."""
+def saved(tmp_path_factory):
+    """key -> (folder, Auto class name, inputs): a tiny random model of every variant and head, saved with
+    save_pretrained (the plugin's classes), and two `convert` outputs (a BERT masked LM to Longformer, a GPT-2 to a
+    causal Performer)."""
     root = tmp_path_factory.mktemp("hub_ready")
-    save_tiny_bert(root / "bert_mlm", head=BertForMaskedLM, seed=1)
-    save_tiny_bert(root / "bert", seed=2)
-    torch.manual_seed(3)
-    GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(
-        root / "gpt2"
-    )
     found = {}
-
-    def add(key, source, target, head, **options):
+    for index, (key, model_type, head) in enumerate(head_cases()):
+        tester = TESTERS[model_type]
+        config = tester.config("gpt2" if head == "causal_lm" else "bert")
+        torch.manual_seed(index)
+        model_class(model_type, head)(config).eval().save_pretrained(root / key)
+        found[key] = (root / key, AUTO_NAMES[head], tester.inputs(config, seed=index))
+    save_tiny_bert(root / "bert_mlm", head=BertForMaskedLM, seed=1)
+    torch.manual_seed(2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(
+        root / "gpt2")
+    for key, source, target, head, options in [
+        ("converted-longformer", "bert_mlm", "longformer", "masked_lm", dict(attention_window=8)),
+        ("converted-performer", "gpt2", "performer", "causal_lm", TESTERS["efficient_performer"].mechanism),
+    ]:
         convert(str(root / source), target, out=root / key, max_length=128, head=head, check=False, **options)
-        found[key] = (root / key, AUTO_NAMES[head])
-
-    add("longformer-masked_lm", "bert_mlm", "longformer", "masked_lm", attention_window=8)
-    for head in BERT_HEADS:
-        add(f"longformer-{head}", "bert", "longformer", head, attention_window=8)
-    add("longformer-causal_lm", "gpt2", "longformer", "causal_lm", attention_window=8)
-    for model_type in sorted(VARIANTS):
-        if model_type != "efficient_longformer":
-            add(model_type.removeprefix("efficient_"), "bert", model_type, "model", **TESTERS[model_type].mechanism)
+        ids = torch.randint(1, 99, (2, 24), generator=torch.Generator().manual_seed(0))
+        found[key] = (root / key, AUTO_NAMES[head], {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     return found
 
 
-def run_fresh(root, name: str, cases: list, tokenizer: str | None = None) -> subprocess.Popen:
-    spec = {"ids": INPUT_IDS.tolist(), "cases": [[key, str(folder), auto] for key, folder, auto in cases],
-            "resave": str(root / f"resaved-{name}"), "out": str(root / name), "tokenizer": tokenizer}
-    (root / f"{name}-spec.json").write_text(json.dumps(spec))
-    (root / "remote_load.py").write_text(REMOTE_LOAD_SCRIPT)
-    env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, str(root / "remote_load.py"), str(root / f"{name}-spec.json")], cwd=root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def site_packages() -> list[str]:
+    """Where this process found torch and transformers, then the site-packages folders."""
+    found = [str(Path(module.__file__).parents[1]) for module in (transformers, torch)] + site.getsitepackages()
+    return [folder for folder in dict.fromkeys(found) if Path(folder).is_dir()]
+
+
+def run_fresh(root: Path, name: str, cases: list, resave: tuple[str, Path] = ("", Path()), device: str = "cpu",
+              options: dict | None = None) -> tuple[dict, dict]:
+    """Load `cases` [(key, folder, auto class name, inputs)] in one fresh process without hf_efficient, with
+    from_pretrained keyword arguments `options[key]`, on `device`; returns its (outputs, report)."""
+    work = root / f"{name}-work"  # outside the source tree: the cwd can't put hf_efficient on sys.path
+    work.mkdir()
+    save_file({f"{key}/{input_name}": tensor.contiguous() for key, _, _, inputs in cases
+               for input_name, tensor in inputs.items()}, work / "inputs.safetensors")
+    options = options or {}
+    spec = {"site_packages": site_packages(), "inputs": str(work / "inputs.safetensors"),
+            "cases": [[key, str(folder), auto_name, options.get(key, {})] for key, folder, auto_name, _ in cases],
+            "fields": OUTPUT_FIELDS, "resave": [resave[0], str(resave[1])], "out": str(work / "out"), "device": device}
+    (work / "spec.json").write_text(json.dumps(spec))
+    (work / "load.py").write_text(BUNDLE_LOAD_SCRIPT)
+    env = {**os.environ, "HF_MODULES_CACHE": str(work / "modules"), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run([sys.executable, "-I", "-S", str(work / "load.py"), str(work / "spec.json")], cwd=work,
+                             env=env, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, f"the fresh process failed:\n{process.stdout}\n{process.stderr[-6000:]}"
+    return load_file(work / "out.safetensors"), json.loads((work / "out.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def fresh(folders):
-    """One fresh interpreter loads every folder, the causal LM first: (outputs, report)."""
-    root = folders["longformer-causal_lm"][0].parent
-    keys = ["longformer-causal_lm", *(key for key in folders if key != "longformer-causal_lm")]
-    process = run_fresh(root, "fresh", [(key, *folders[key]) for key in keys],
-                        tokenizer=str(folders["longformer-masked_lm"][0]))
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, f"the fresh process failed:\n{stdout}\n{stderr[-4000:]}"
-    return load_file(root / "fresh.safetensors"), json.loads((root / "fresh.json").read_text())
+def fresh(saved):
+    root = next(iter(saved.values()))[0].parent
+    cases = [(key, folder, auto_name, inputs) for key, (folder, auto_name, inputs) in saved.items()]
+    return run_fresh(root, "fresh", cases, resave=("longformer-causal_lm", root / "resaved"))
 
 
-def in_process_output(folder, auto_name: str, ids=INPUT_IDS) -> torch.Tensor:
-    model = getattr(transformers, auto_name).from_pretrained(folder).eval()
-    assert type(model).__module__.startswith("hf_efficient.")
-    with torch.no_grad():
-        return main_output(model(input_ids=ids))
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return float((a - b).abs().max())
-
-
-def heads_for_direction(variant, causal: bool) -> dict[str, type]:
-    """The heads a config of this direction builds: no masked-LM head on a causal model, no causal-LM head on an
-    encoder."""
-    return {head: cls for head, cls in variant.heads.items() if head != ("masked_lm" if causal else "causal_lm")}
-
-
-def test_config_names_remote_code_for_every_head_it_can_build(folders):
-    for key, (folder, _) in folders.items():
-        config = json.loads((folder / "config.json").read_text())
-        variant = VARIANTS[config["model_type"]]
-        expected = {"AutoConfig": f"{CONFIG_MODULE}.{variant.config.__name__}",
-                    "AutoModel": f"{MODELING_MODULE}.{variant.model.__name__}"}
-        expected |= {AUTO_NAMES[head]: f"{MODELING_MODULE}.{cls.__name__}"
-                     for head, cls in heads_for_direction(variant, config["is_causal"]).items()}
-        assert config["auto_map"] == expected, key
-        assert {path.name for path in folder.iterdir()} >= CODE_FILES, key
-
-
-@pytest.mark.parametrize("model_type", sorted(VARIANTS))
-def test_auto_map_lists_exactly_the_heads_the_config_can_build(model_type, tmp_path):
-    """Per direction the variant has: a head is in the saved auto_map (and its remote-code file) if and only if it
-    builds from the config (a causal model has no masked-LM head, an encoder no causal-LM head)."""
-    variant, directions = VARIANTS[model_type], []
-    for style in ("bert", "gpt2"):
-        try:
-            config = TESTERS[model_type].config(style)
-            variant.model(config)
-        except ValueError:  # the mechanism doesn't run in this direction (Linformer, BigBird are encoders only)
-            assert style == "gpt2" and not variant.model.attention_class.supports_causal
-            continue
-        directions.append(style)
-        config.save_pretrained(tmp_path / style)
-        auto_map = json.loads((tmp_path / style / "config.json").read_text())["auto_map"]
-        code = (tmp_path / style / f"{MODELING_MODULE}.py").read_text()
-        for head, head_class in variant.heads.items():
-            try:
-                head_class(config)
-                builds = True
-            except ValueError:
-                builds = False
-            assert (AUTO_NAMES[head] in auto_map) == builds, (style, head)
-            assert (f"class {head_class.__name__}(" in code) == builds, (style, head)
-    assert "bert" in directions, "every variant has an encoder"
-
-
-@pytest.mark.parametrize("head", ["masked_lm", *BERT_HEADS, "causal_lm"])
-def test_each_longformer_head_loads_as_remote_code_in_a_fresh_process(folders, fresh, head):
-    key = f"longformer-{head}"
-    outputs, report = fresh
-    folder, auto_name = folders[key]
-    reference = in_process_output(folder, auto_name)
-    assert max_diff(outputs[key], reference) <= 1e-6  # the Auto class with trust_remote_code=True
-    assert max_diff(outputs[f"{key}/remote_class"], reference) <= 1e-6  # the class its auto_map names
-    remote_class, base = report["classes"][f"{key}/{auto_name}"]
-    assert remote_class.startswith("transformers_modules.") and f".{MODELING_MODULE}:" in remote_class
-    package_class = getattr(hf_efficient, remote_class.split(":")[1])
-    assert base == f"{package_class.__module__}:{package_class.__name__}"
-    if head == "causal_lm":
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-        expected = model.generate(INPUT_IDS[:1, :8], max_new_tokens=4, do_sample=False)
-        assert torch.equal(outputs[f"{key}/generated"], expected)
-
-
-def test_the_first_load_in_a_fresh_process_really_is_remote_code(fresh):
+def test_the_fresh_process_cannot_import_hf_efficient(fresh):
     _, report = fresh
-    assert not report["hf_efficient_imported_before"]
-    assert report["first_class"].startswith("transformers_modules.")
-    assert report["first_class"].endswith(f".{MODELING_MODULE}:EfficientLongformerForCausalLM")
-    assert report["first_config_class"].endswith(f".{CONFIG_MODULE}:EfficientLongformerConfig")
+    assert report["hf_efficient_importable"] is False
+    assert report["libraries"] == [transformers.__file__, torch.__file__]  # the libraries this process tests
+    assert report["package_modules"] == []
 
 
-@pytest.mark.parametrize("model_type", sorted(VARIANTS))
-def test_every_variant_loads_as_remote_code(folders, fresh, model_type):
-    """AutoConfig, AutoModel and every head in the auto_map resolve to the remote files' subclasses of the package's
-    classes; the bare model loaded through its remote class reproduces the in-process one."""
+@pytest.mark.parametrize("key", [case[0] for case in head_cases()] + ["converted-longformer", "converted-performer"])
+def test_every_variant_and_head_loads_without_the_plugin(saved, fresh, key):
+    """The Auto class with trust_remote_code=True builds the bundle's class, with the plugin's outputs (fp32, CPU);
+    greedy decoding of a causal LM agrees token for token."""
     outputs, report = fresh
-    variant = VARIANTS[model_type]
-    key = "longformer-model" if model_type == "efficient_longformer" else model_type.removeprefix("efficient_")
-    names = {"AutoConfig": variant.config, "AutoModel": variant.model}
-    names |= {AUTO_NAMES[head]: cls for head, cls in heads_for_direction(variant, causal=False).items()}
-    assert set(names) == set(json.loads((folders[key][0] / "config.json").read_text())["auto_map"])
-    for auto_name, package_class in names.items():
-        remote_class, base = report["classes"][f"{key}/{auto_name}"]
-        assert remote_class.startswith("transformers_modules.") and remote_class.endswith(f":{package_class.__name__}")
-        assert base == f"{package_class.__module__}:{package_class.__name__}"
-    reference = in_process_output(folders[key][0], "AutoModel")
-    assert max_diff(outputs[f"{key}/remote_class"], reference) <= 1e-6
-    assert max_diff(outputs[key], reference) <= 1e-6
+    folder, auto_name, inputs = saved[key]
+    config = json.loads((folder / "config.json").read_text())
+    files = bundle(config["model_type"])
+    model = getattr(transformers, auto_name).from_pretrained(folder).eval()
+    assert type(model).__module__.startswith("hf_efficient.")  # the reference: the plugin's class
+    model_class_name, config_class_name = report["classes"][key]
+    assert model_class_name.startswith("transformers_modules.")
+    assert model_class_name.endswith(f".{files.modeling_module}:{type(model).__name__}")
+    assert config_class_name.endswith(f".{files.config_module}:{type(model.config).__name__}")
+    expected = outputs_of(model, inputs)
+    assert set(expected) == {name.split("/")[1] for name in outputs if name.startswith(f"{key}/")} - {"generated"}
+    for field, reference in expected.items():
+        assert torch.allclose(outputs[f"{key}/{field}"], reference, rtol=0, atol=1e-6), (key, field)
+    if auto_name == "AutoModelForCausalLM":
+        generated = model.generate(inputs["input_ids"][:1, :8], max_new_tokens=4, do_sample=False)
+        assert torch.equal(outputs[f"{key}/generated"], generated)
 
 
-def test_both_ways_in_one_process_agree_and_leave_the_package_classes_unmarked(folders, fresh):
-    """After remote code imported hf_efficient, the plain Auto load uses the package's own classes, with the same
-    outputs; transformers' register_for_auto_class marked only the remote subclasses (a marked package class would
-    make every later save copy the package's own files)."""
-    outputs, report = fresh
-    assert report["local_class"] == "hf_efficient.models.longformer.modeling_longformer:EfficientLongformerForCausalLM"
-    assert max_diff(outputs["longformer-causal_lm/local"], outputs["longformer-causal_lm"]) == 0
-    assert report["package_auto_class"] == ["None"]
-    reference = AutoTokenizer.from_pretrained(folders["longformer-masked_lm"][0])("the cat sat.")["input_ids"]
-    assert outputs["tokenized"].tolist() == reference
+def test_auto_map_names_the_bundle_classes_of_every_head_the_config_builds(saved, fresh):
+    """AutoConfig, AutoModel and one entry per head the config builds, no other; each resolves to the bundle's class
+    of that name in the fresh process."""
+    _, report = fresh
+    for key, (folder, _, _) in saved.items():
+        config = json.loads((folder / "config.json").read_text())
+        variant, files = VARIANTS[config["model_type"]], bundle(config["model_type"])
+        config_object = variant.config.from_pretrained(folder)
+        expected = {"AutoConfig": f"{files.config_module}.{variant.config.__name__}",
+                    "AutoModel": f"{files.modeling_module}.{variant.model.__name__}"}
+        for head, cls in variant.heads.items():
+            try:
+                cls(config_object)
+            except ValueError:
+                continue
+            expected[AUTO_NAMES[head]] = f"{files.modeling_module}.{cls.__name__}"
+        assert config["auto_map"] == expected, key
+        for name, reference in expected.items():
+            module, class_name = reference.split(".")
+            assert report["auto_map_classes"][key][name].endswith(f".{module}:{class_name}"), (key, name)
+        for name, text in files.files.items():
+            assert (folder / name).read_text() == text, (key, name)
 
 
-def test_a_model_loaded_as_remote_code_saves_its_remote_code_again(folders, fresh):
-    """transformers copies the remote classes' files on save (their `_auto_class` is set): the same two files."""
-    folder, auto_name = folders["longformer-causal_lm"]
-    resaved = folder.parent / "resaved-fresh"
-    for file in CODE_FILES:
-        assert (resaved / file).read_text() == (folder / file).read_text()
+def test_a_model_loaded_from_its_bundle_saves_the_same_bundle(saved, fresh):
+    """transformers copies the files of classes it loaded as remote code: the same two files and auto_map."""
+    folder, auto_name, inputs = saved["longformer-causal_lm"]
+    resaved = folder.parent / "resaved"
+    for name in bundle("efficient_longformer").files:
+        assert (resaved / name).read_text() == (folder / name).read_text()
     assert json.loads((resaved / "config.json").read_text())["auto_map"] == json.loads(
         (folder / "config.json").read_text())["auto_map"]
-    assert max_diff(in_process_output(resaved, auto_name), in_process_output(folder, auto_name)) == 0
+    original = outputs_of(getattr(transformers, auto_name).from_pretrained(folder).eval(), inputs)
+    again = outputs_of(getattr(transformers, auto_name).from_pretrained(resaved).eval(), inputs)
+    assert all(torch.equal(original[field], again[field]) for field in original)
 
 
-def test_a_converted_model_saved_again_in_process_stays_hub_ready(folders, tmp_path):
-    """Fine-tuning checkpoints of a converted model (loaded with `import hf_efficient`) keep the remote code."""
-    folder, _ = folders["longformer-masked_lm"]
-    AutoModelForMaskedLM.from_pretrained(folder).save_pretrained(tmp_path)
-    for file in CODE_FILES:
-        assert (tmp_path / file).read_text() == (folder / file).read_text()
-    assert "auto_map" in json.loads((tmp_path / "config.json").read_text())
+def test_both_ways_in_one_process(saved):
+    """With the plugin imported, the Auto classes use the plugin's own classes, trust_remote_code=True or not
+    (transformers prefers a model type registered in the process to a folder's code); the bundle's class, loaded
+    beside them in the same process, agrees, and loading it marks only its own classes for saving."""
+    folder, auto_name, inputs = saved["performer-masked_lm"]
+    auto = getattr(transformers, auto_name)
+    plugin_model = auto.from_pretrained(folder).eval()
+    assert type(plugin_model) is hf_efficient.EfficientPerformerForMaskedLM
+    assert type(auto.from_pretrained(folder, trust_remote_code=True)) is hf_efficient.EfficientPerformerForMaskedLM
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    bundle_class = get_class_from_dynamic_module(auto_map[auto_name], str(folder))
+    assert bundle_class.__module__.startswith("transformers_modules.")
+    assert bundle_class.__name__ == "EfficientPerformerForMaskedLM" and bundle_class is not type(plugin_model)
+    bundle_class.register_for_auto_class(auto_name)  # as transformers does when it loads remote code
+    bundle_model = bundle_class.from_pretrained(folder).eval()
+    expected, found = outputs_of(plugin_model, inputs), outputs_of(bundle_model, inputs)
+    assert all(torch.equal(expected[field], found[field]) for field in expected)
+    assert {cls._auto_class for variant in VARIANTS.values() for cls in variant.classes} == {None}
+
+
+def test_a_folder_written_before_bundles_loads_in_this_plugin(saved, tmp_path):
+    """A folder as the previous version wrote it (remote code importing the installed package, fixtures/
+    legacy_remote_code) loads with the plugin's classes, with or without trust_remote_code, and saving it again
+    replaces that code by the bundle."""
+    folder, auto_name, inputs = saved["longformer-masked_lm"]
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    for name in bundle("efficient_longformer").files:
+        (legacy / name).unlink()
+    for name in ("configuration_efficient.py", "modeling_efficient.py"):
+        shutil.copy(LEGACY / name, legacy / name)
+    config = json.loads((legacy / "config.json").read_text())
+    config["auto_map"] = json.loads((LEGACY / "auto_map.json").read_text())
+    (legacy / "config.json").write_text(json.dumps(config))
+    expected = outputs_of(AutoModelForMaskedLM.from_pretrained(folder).eval(), inputs)
+    for trust in (None, True):
+        model = AutoModelForMaskedLM.from_pretrained(legacy, trust_remote_code=trust).eval()
+        assert isinstance(model, hf_efficient.EfficientLongformerForMaskedLM)
+        found = outputs_of(model, inputs)
+        assert all(torch.equal(expected[field], found[field]) for field in expected), trust
+    AutoModelForMaskedLM.from_pretrained(legacy).save_pretrained(legacy)
+    names = {path.name for path in legacy.iterdir()}
+    assert not names & {"configuration_efficient.py", "modeling_efficient.py"}
+    assert set(bundle("efficient_longformer").files) <= names
+    assert json.loads((legacy / "config.json").read_text())["auto_map"] == json.loads(
+        (folder / "config.json").read_text())["auto_map"]
+
+
+def test_with_the_plugin_imported_the_folder_code_never_runs(saved, tmp_path):
+    """A folder whose bundle another version wrote (here: code that fails when run) loads with the plugin's classes."""
+    folder, auto_name, inputs = saved["synthesizer-sequence_classification"]
+    older = tmp_path / "older"
+    shutil.copytree(folder, older)
+    for name in bundle("efficient_synthesizer").files:
+        (older / name).write_text('raise RuntimeError("the folder\'s own code ran")\n')
+    auto = getattr(transformers, auto_name)
+    expected = outputs_of(auto.from_pretrained(folder).eval(), inputs)
+    found = outputs_of(auto.from_pretrained(older).eval(), inputs)
+    assert all(torch.equal(expected[field], found[field]) for field in expected)
+
+
+def test_the_card_says_which_plugin_version_wrote_the_folder(saved, tmp_path):
+    line = f"Written by hf-efficient {hf_efficient.__version__} ("
+    for key in ("longformer-model", "converted-longformer", "converted-performer"):
+        card = (saved[key][0] / "README.md").read_text()
+        assert line in card, key
+        assert f'from_pretrained("{saved[key][0]}", trust_remote_code=True)' in card, key
+    model = AutoModelForMaskedLM.from_pretrained(saved["linformer-masked_lm"][0])
+    (tmp_path / "README.md").write_text("# My model\n\nWritten by hf-efficient 0.0.1 (its code: old files).\n")
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("# My model") and "0.0.1" not in card and card.count(line) == 1
+    (tmp_path / "README.md").write_text("# My own card\n")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text().startswith("# My own card\n")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text().count(line) == 1
 
 
 def foreign_auto_map(marker: Path) -> dict:
     """An auto_map a config might arrive with: a class name carrying code, a module beside the weights that the package
     doesn't write (evil.py, which creates `marker` when imported), and code kept in another repo."""
     touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
-    return {"AutoConfig": f"{CONFIG_MODULE}.EfficientLongformerConfig",
-            "AutoModel": f"{MODELING_MODULE}.Evil({touch} or package_class",
+    return {"AutoConfig": "configuration_longformer.EfficientLongformerConfig",
+            "AutoModel": f"modeling_longformer.Evil({touch} or object",
             "AutoModelForMaskedLM": "evil.EvilForMaskedLM",
             "AutoModelForSequenceClassification": "someone/else--modeling.Evil"}
 
 
-def test_every_save_is_hub_ready_with_only_the_package_code(tmp_path):
-    """Saves of models never converted load with trust_remote_code=True in a fresh process that doesn't import
-    hf_efficient: one built with from_config, and one whose config arrived with a foreign auto_map, saved back into the
-    folder it came from (evil.py beside it): the auto_map is replaced, not merged, its text never reaches the code
-    files, and its code never runs."""
+def test_a_foreign_auto_map_is_replaced_and_its_code_never_runs(saved, tmp_path):
+    """A config that arrives with a foreign auto_map, saved into a folder with evil.py beside it: the auto_map is
+    replaced, not merged, and loading the folder with trust_remote_code=True runs only the bundle."""
     marker = tmp_path / "foreign-code-ran"
-    AutoModelForCausalLM.from_config(TESTERS["efficient_longformer"].config("gpt2")).save_pretrained(
-        tmp_path / "from_config")
-    foreign = TESTERS["efficient_longformer"].config("bert")
-    foreign.auto_map = foreign_auto_map(marker)
+    config = TESTERS["efficient_longformer"].config("bert")
+    config.auto_map = foreign_auto_map(marker)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n\n\nclass EvilForMaskedLM:\n    pass\n")
-    AutoModelForMaskedLM.from_config(foreign).save_pretrained(tmp_path / "foreign")
-    hf_efficient.EfficientLongformerForMaskedLM(TESTERS["efficient_longformer"].config("bert")).save_pretrained(
-        tmp_path / "clean")
-    for file in CODE_FILES:
-        text = (tmp_path / "foreign" / file).read_text()
-        assert text == (tmp_path / "clean" / file).read_text() and "pathlib" not in text
-    saved = json.loads((tmp_path / "foreign" / "config.json").read_text())["auto_map"]
-    assert saved == json.loads((tmp_path / "clean" / "config.json").read_text())["auto_map"]
-    assert {"evil.EvilForMaskedLM", "someone/else--modeling.Evil"}.isdisjoint(saved.values())
-
-    cases = [("from_config", tmp_path / "from_config", "AutoModelForCausalLM"),
-             ("foreign", tmp_path / "foreign", "AutoModelForMaskedLM")]
-    process = run_fresh(tmp_path, "saved", cases)
-    stdout, stderr = process.communicate(timeout=600)
+    hf_efficient.EfficientLongformerForMaskedLM(config).save_pretrained(tmp_path / "foreign")
+    folder = saved["longformer-masked_lm"][0]
+    assert json.loads((tmp_path / "foreign" / "config.json").read_text())["auto_map"] == json.loads(
+        (folder / "config.json").read_text())["auto_map"]
+    for name, text in bundle("efficient_longformer").files.items():
+        assert (tmp_path / "foreign" / name).read_text() == text
+    AutoModelForMaskedLM.from_pretrained(tmp_path / "foreign", trust_remote_code=True)
     assert not marker.exists(), "the foreign auto_map's code ran"
-    assert process.returncode == 0, f"the fresh process failed:\n{stdout}\n{stderr[-4000:]}"
-    outputs, report = load_file(tmp_path / "saved.safetensors"), json.loads((tmp_path / "saved.json").read_text())
-    assert not report["hf_efficient_imported_before"]
-    assert report["first_class"].endswith(f".{MODELING_MODULE}:EfficientLongformerForCausalLM")
-    assert report["first_class"].startswith("transformers_modules.")
-    for key, folder, auto_name in cases:
-        assert max_diff(outputs[key], in_process_output(folder, auto_name)) <= 1e-6, key
-
-
-def test_remote_code_without_the_package_says_how_to_install_it(folders, monkeypatch):
-    code = folders["longformer-masked_lm"][0] / f"{CONFIG_MODULE}.py"
-    with monkeypatch.context() as patch:
-        patch.setitem(sys.modules, "hf_efficient", None)  # `import hf_efficient` now raises ImportError
-        with pytest.raises(ImportError, match="pip install hf-efficient"):
-            runpy.run_path(str(code))
-    monkeypatch.delattr(hf_efficient, "EfficientLongformerConfig")  # an older package without this variant
-    with pytest.raises(ImportError, match=r"has no EfficientLongformerConfig: `pip install hf-efficient --upgrade`"):
-        runpy.run_path(str(code))
 
 
 @pytest.fixture
@@ -381,24 +387,69 @@ def test_cli_push_to_hub_uploads_the_whole_hub_ready_folder(tmp_path, hub, monke
     assert commit.repo_id == "someone/tiny-long"
     assert set(commit.files) == {path.name for path in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-            *CODE_FILES} <= set(commit.files)
+            *bundle("efficient_longformer").files} <= set(commit.files)
     assert "auto_map" in json.loads(commit.files["config.json"])
     card = commit.files["README.md"].decode()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["base_model"] == "org/bert-tiny" and metadata["library_name"] == "transformers"
     assert {"hf-efficient", "efficient_longformer"} <= set(metadata["tags"])
     assert 'from_pretrained("someone/tiny-long", trust_remote_code=True)' in card
+    assert f"Written by hf-efficient {hf_efficient.__version__} (" in card
     with pytest.raises(ConversionError, match="--out"):
         convert(str(tmp_path / "bert"), "longformer", out=None, push_to_hub="someone/tiny-long")
 
 
-def test_model_push_to_hub_uploads_the_remote_code(folders, hub):
-    """transformers' own push_to_hub (what Trainer calls) saves to a temporary folder: the remote code goes too."""
-    folder, _ = folders["longformer-masked_lm"]
+def test_model_push_to_hub_uploads_the_bundle(saved, hub):
+    """transformers' own push_to_hub (what Trainer calls) saves to a temporary folder: the bundle goes too."""
+    folder, _, _ = saved["longformer-masked_lm"]
     AutoModelForMaskedLM.from_pretrained(folder).push_to_hub("someone/tiny-long")
     (commit,) = hub
-    assert {"config.json", "model.safetensors", "README.md", *CODE_FILES} <= set(commit.files)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(commit.files)
     assert json.loads(commit.files["config.json"])["auto_map"] == json.loads((folder / "config.json").read_text())[
         "auto_map"]
-    for file in CODE_FILES:
-        assert commit.files[file] == (folder / file).read_bytes()
+    for name, text in bundle("efficient_longformer").files.items():
+        assert commit.files[name].decode() == text
+    card = commit.files["README.md"].decode()  # the repo's card (here transformers' template), with the version
+    assert card.startswith("---\nlibrary_name: transformers\n---") and version_line_of() in card
+
+
+def test_config_push_to_hub_uploads_the_bundle_and_card(saved, hub, tmp_path):
+    config = transformers.AutoConfig.from_pretrained(saved["sparse_transformer-model"][0])
+    config.save_pretrained(str(tmp_path), push_to_hub=True, repo_id="someone/config-only")
+    (commit,) = hub
+    assert {"config.json", "README.md", *bundle("efficient_sparse_transformer").files} == set(commit.files)
+    assert version_line_of() in commit.files["README.md"].decode()
+
+
+def version_line_of() -> str:
+    return f"Written by hf-efficient {hf_efficient.__version__} ("
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_on_cuda_the_bundle_takes_the_plugins_fast_paths(tmp_path):
+    """On CUDA, a bundle loaded without the plugin runs every attention backend the plugin has there ("auto" and the
+    variant's GPU fast paths, FlexAttention or torch.compile) with the plugin's outputs; head_dim 16, the smallest
+    the compiled kernels take."""
+    cases, options, expected = [], {}, {}
+    for index, (key, model_type, head) in enumerate(head_cases()):
+        if head not in ("model", "causal_lm"):
+            continue
+        tester = TESTERS[model_type]
+        config = tester.config("gpt2" if head == "causal_lm" else "bert", num_attention_heads=2)
+        torch.manual_seed(index)
+        model_class(model_type, head)(config).save_pretrained(tmp_path / key)
+        inputs = tester.inputs(config, seed=index)
+        for backend in ("auto", *tester.gpu_backends):
+            case = f"{key}-{backend}"
+            cases.append((case, tmp_path / key, AUTO_NAMES[head], inputs))
+            options[case] = {"attention_backend": backend}
+            plugin = getattr(transformers, AUTO_NAMES[head]).from_pretrained(tmp_path / key, attention_backend=backend)
+            expected[case] = outputs_of(plugin.to("cuda").eval(), inputs)
+    outputs, report = run_fresh(tmp_path, "cuda", cases, device="cuda", options=options)
+    assert report["hf_efficient_importable"] is False
+    for case, fields in expected.items():
+        assert report["classes"][case][0].startswith("transformers_modules."), case
+        for field, reference in fields.items():
+            torch.testing.assert_close(outputs[f"{case}/{field}"], reference, rtol=1e-5, atol=1e-5, msg=case)

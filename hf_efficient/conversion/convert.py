@@ -285,7 +285,7 @@ def check_before_work(source: str, load_kwargs: dict, target: str, out, overwrit
 def save_output(folder: Path, result: ConversionResult, tokenizer, source_folder: Path | None, out: Path,
                 max_length: int | None, repo_id: str | None) -> None:
     """Write everything into `folder` (the temporary one that becomes `out`, as the card names it)."""
-    result.model.save_pretrained(folder)  # Hub-ready: auto_map + the remote-code files (hf_efficient.hub)
+    result.model.save_pretrained(folder)  # Hub-ready: auto_map + the variant's bundle (hf_efficient.hub)
     if tokenizer is not None:
         if max_length is not None:
             tokenizer.model_max_length = max_length

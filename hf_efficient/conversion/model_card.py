@@ -4,6 +4,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..hub import use_text, version_line
+
 PIPELINES = {
     "model": "feature-extraction",
     "masked_lm": "fill-mask",
@@ -27,33 +29,15 @@ from `{source}` ({source_length} positions) to **{max_length}** positions.
 - Positions: {positions}
 - New parameters: {new_parameters}
 
+{version_line}
+
 ## Fidelity to the source (measured at conversion)
 
 {fidelity}
 
 ## Use
 
-```python
-import hf_efficient  # registers the efficient_* model types with the Auto classes
-from transformers import AutoModel, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{path}")
-model = AutoModel.from_pretrained("{path}")
-inputs = tokenizer(long_text, return_tensors="pt", truncation=True, max_length={max_length})
-outputs = model(**inputs)
-```
-
-Without `import hf_efficient` (the package must still be installed: `pip install hf-efficient`), pass
-`trust_remote_code=True`; the checkpoint's two small code files point transformers at the package's classes:
-
-```python
-from transformers import AutoModel, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{path}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{path}", trust_remote_code=True)
-```
-
-The same works for the `AutoModelFor*` class of each task head the model has.
+{use}
 
 The weights start from the source; the long-context pattern is new to them, so fine-tune on your long-document
 task (the model trains with `transformers.Trainer` like any other).
@@ -125,7 +109,8 @@ def write_model_card(out: Path, result, repo_id: str | None = None, folder: Path
             positions=positions,
             new_parameters=describe_new_parameters(result),
             fidelity=fidelity_text,
-            path=repo_id or str(out),
+            version_line=version_line(config),
+            use=use_text(config, repo_id or str(out)),
         )
     )
     card.save((folder or out) / "README.md")

@@ -22,6 +22,8 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from .plugin_only import plugin_only
+
 # rope types whose frequencies are a function of the config alone (dynamic and longrope recompute them per length)
 STATIC_ROPE_TYPES = tuple(sorted(set(ROPE_INIT_FUNCTIONS) - {"dynamic", "longrope"} | {"default"}))
 # what a config file must hold (save_pretrained writes every field): a file without them would load with BERT-base's
@@ -180,16 +182,26 @@ class EfficientConfig(PreTrainedConfig):
                 expected = field.type.__name__ if isinstance(field.type, type) else str(field.type)
                 raise ValueError(f"{field.name}={value!r} has the wrong type; use {expected}.")
 
+    @plugin_only
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
         """Every save is Hub-ready (hf_efficient.hub): the package's own `auto_map` replaces any the config carries,
-        and the two remote-code files are written from the package's templates (after transformers' copies), so
-        that every saved model, fine-tuning checkpoints and `push_to_hub` included, loads with
-        `trust_remote_code=True`."""
-        from ..hub import remote_code_auto_map, write_remote_code
+        and the variant's self-contained bundle and the card's version line are written next to it, so that every
+        saved model, fine-tuning checkpoints and `push_to_hub` included, loads with `trust_remote_code=True` where
+        only torch and transformers are installed. The bundle's classes don't have this method: a model loaded as
+        remote code saves its files as transformers does, copying them."""
+        from ..hub import bundle_auto_map, make_hub_ready
 
-        self.auto_map = remote_code_auto_map(self)
+        self.auto_map = bundle_auto_map(self)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        write_remote_code(save_directory, self)
+        make_hub_ready(save_directory, self)
+
+    @plugin_only
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """transformers' upload step (`save_pretrained(..., push_to_hub=True)`): the bundle and card go too."""
+        from ..hub import make_hub_ready
+
+        make_hub_ready(working_dir, self)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def validate_mechanism(self) -> None:
         """Normalise and check the variant's own knobs (expand per-layer ints, raise ValueErrors saying what to

@@ -15,6 +15,7 @@ from .configuration import EfficientConfig
 from .embeddings import EfficientEmbeddings, EfficientRotaryEmbedding
 from .layers import EfficientBlock, EfficientRMSNorm, build_norm
 from .masks import validate_global_mask, validate_keep_mask
+from .plugin_only import plugin_only
 from .state_cache import StateCache, refit_state_cache
 
 logger = logging.get_logger(__name__)
@@ -55,6 +56,15 @@ class EfficientPreTrainedModel(PreTrainedModel):
         if kwargs.get("use_safetensors") is None:
             kwargs["use_safetensors"] = True
         return super().from_pretrained(*args, **kwargs)
+
+    @plugin_only
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """transformers' upload step of `push_to_hub`, after it wrote the repo's card (or its template) over the
+        folder's: the card gets the line saying which hf-efficient wrote the code (hf_efficient.hub.write_card)."""
+        from ..hub import write_card
+
+        write_card(working_dir, self.config)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
