@@ -15,6 +15,7 @@ as flash-linear-attention only where it is installed), and the CPU path is the p
 hf_efficient is imported, transformers' Auto classes use the plugin's own classes instead of these.
 """
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -152,13 +153,23 @@ def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length:
                                     mask_mod=mask_mod, seq_lengths=(length, length))
 
 
-def tile_kernel_options(mask) -> dict | None:
-    """Forward kernel tiles no larger than the BlockMask's tiles (the kernel must divide them); None for the
-    default tile, where torch's own choice stands."""
+# Forward kernel tiles measured faster than torch's own choice (benchmarks/flex_probe.py --sweep, results in
+# benchmarks/results/issue11/flex_sweep.md): keyed by (CUDA capability, head dim). On the H200 torch picks 128 x 128
+# tiles with 4 warps for bf16/fp16 at head dim 64, which spill registers: 1.62 ms against 0.15 ms for 64 x 64.
+MEASURED_FORWARD_TILES = {((9, 0), 64): {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}}
+
+
+def tile_kernel_options(mask, query: torch.Tensor) -> dict | None:
+    """FlexAttention kernel options for this BlockMask and query: forward kernel tiles no larger than the BlockMask's
+    (the kernel must divide them), or a measured better forward config for half-precision inputs on this GPU; None
+    where torch's own choice stands."""
     q_tile, kv_tile = mask.BLOCK_SIZE
-    if (q_tile, kv_tile) == (FLEX_TILE, FLEX_TILE):
-        return None
-    return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+    if (q_tile, kv_tile) != (FLEX_TILE, FLEX_TILE):
+        return {"fwd_BLOCK_M": q_tile, "fwd_BLOCK_N": kv_tile}
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+        capability = torch.cuda.get_device_capability(query.device)
+        return MEASURED_FORWARD_TILES.get((capability, query.shape[-1]))
+    return None
 
 
 def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, scaling: float,
@@ -178,7 +189,7 @@ def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mas
         out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     else:
         out = run_compiled(flex_attention, query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa,
-                           kernel_options=tile_kernel_options(mask))
+                           kernel_options=tile_kernel_options(mask, query))
     return out[:, :, :length].transpose(1, 2)
 
 
@@ -480,9 +491,22 @@ class EfficientAttention(nn.Module):
         if keep is not None and eager:
             mask = torch.zeros(keep.shape, dtype=query.dtype, device=query.device)
             mask = mask.masked_fill(~keep, torch.finfo(query.dtype).min)
-        return self.interface(need_weights)(
-            self, query, key, value, mask, dropout=self.dropout, scaling=self.scaling, is_causal=is_causal
-        )
+        with shape_agnostic_sdpa(query):
+            return self.interface(need_weights)(
+                self, query, key, value, mask, dropout=self.dropout, scaling=self.scaling, is_causal=is_causal
+            )
+
+
+def shape_agnostic_sdpa(query: torch.Tensor):
+    """On CUDA, torch's SDPA limited to the flash, memory-efficient and math kernels: its cuDNN kernel builds an
+    execution plan for every new shape, and the mechanisms here call SDPA on shapes that change with every padded
+    batch (global rows, blocks of a new length). Measured on the H200 (benchmarks/padded_finetune.py, Trainer over
+    batches padded to 59 lengths): 197 -> 46 ms per step for the Longformer. Elsewhere, torch's own choice."""
+    if not query.is_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def causal_keep(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
