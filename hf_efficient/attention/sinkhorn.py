@@ -15,9 +15,12 @@ SortCut (encoders): every query attends to the first k blocks of the sorted sequ
 r < k, O(N k b).
 
 Causal: block i is paired only with an earlier block j < i (its own block is attended with the causal mask), its
-summary is its first key (what every query of the block may see), and the column step of the balancing is a
-cumulative log-sum-exp over the rows up to i, so row i of S depends on blocks <= i only: no future leakage. Block 0
-has no partner.
+summary is its first key (what every query of the block may see), and its scores are normalised over its row only
+(a softmax over the earlier blocks, with the same Gumbel noise and temperature), so row i depends on blocks <= i
+only: no future leakage. Block 0 has no partner. A lower-triangular matrix cannot be balanced: the only doubly
+stochastic one is the identity, and a causal column step (each row's column normaliser summing the rows up to it)
+gives every column's first allowed row all its mass, which pairs each block with the one before it whatever the
+input; the row normalisation is what the authors' code does for causal sorting too (its "softmax" sort).
 
 Time O(N b d + nb^2 (I + d)) with hard sorts, O(N nb d) for the soft mixture in training (the paper's cost too);
 memory O(N b) for the block attention, O(nb^2) for the sort.
@@ -27,7 +30,7 @@ authors' code in google-research/long-range-arena does), not the block sum of th
 independently and cached decoding needs only cached keys; its scores are the MLP's linear output (no final ReLU,
 which would zero half the logits); padding keys are zeroed before blocks are mixed and padding blocks take no part in
 the balancing (so padded batches give the unpadded outputs); eval's hard sort is greedy, not the optimal (Hungarian)
-assignment; causal balancing uses the cumulative column normaliser described above.
+assignment; causal sorting normalises rows only, as explained above.
 """
 
 import math
@@ -105,13 +108,13 @@ def allowed_pairs(keep_blocks: torch.Tensor | None, batch: int, blocks: int, cau
 
 def sinkhorn(log_alpha: torch.Tensor, allowed: torch.Tensor, iterations: int, causal: bool) -> torch.Tensor:
     """Log-space Sinkhorn balancing of (..., nb, nb) float32 scores over the allowed pairs: each iteration subtracts
-    the rows' log-sum-exp, then the columns'. Causal: a column's normaliser at row i sums rows <= i only
-    (logcumsumexp), so row i never depends on a later row. Excluded pairs stay at MASKED."""
+    the rows' log-sum-exp, then the columns'. Causal: the rows' log-sum-exp once (a log-softmax over the earlier
+    blocks; see the module docstring), so row i never depends on another row. Excluded pairs stay at MASKED."""
     log_alpha = log_alpha.masked_fill(~allowed, MASKED)
-    for _ in range(iterations):
+    for _ in range(1 if causal else iterations):
         log_alpha = (log_alpha - log_alpha.logsumexp(-1, keepdim=True)).masked_fill(~allowed, MASKED)
-        columns = log_alpha.logcumsumexp(-2) if causal else log_alpha.logsumexp(-2, keepdim=True)
-        log_alpha = (log_alpha - columns).masked_fill(~allowed, MASKED)
+        if not causal:
+            log_alpha = (log_alpha - log_alpha.logsumexp(-2, keepdim=True)).masked_fill(~allowed, MASKED)
     return log_alpha
 
 

@@ -14,7 +14,8 @@ class EfficientSinkhornConfig(EfficientConfig):
     max_num_blocks: the sorting network's output width, the most blocks an input may have. None = ceil(
         max_position_embeddings / block_size), fixed when the config is made (so a later block_size change, e.g. the
         full-attention setting, keeps the network's shape).
-    sinkhorn_iterations: rounds of row and column normalisation (at least 1).
+    sinkhorn_iterations: rounds of row and column normalisation (at least 1). Causal models normalise rows only (a
+        lower-triangular matrix cannot be balanced; see the mechanism's docstring), once.
     sinkhorn_temperature: tau, the scores (plus Gumbel noise) are divided by it before balancing.
     gumbel_noise: add Gumbel(0, 1) noise to the scores in training (Gumbel-Sinkhorn); never in eval, which is
         deterministic. The noise comes from torch's default generator, like dropout.
@@ -67,6 +68,8 @@ class EfficientSinkhornConfig(EfficientConfig):
         mode = (f"SortCut over the first {self.sortcut_blocks} sorted blocks" if self.sortcut_blocks is not None
                 else "own block + one sorted block per query block")
         noise = ", Gumbel noise in training" if self.gumbel_noise else ""
-        return (f"Sparse Sinkhorn attention, blocks of {self.block_size}, {mode}; {self.sinkhorn_iterations} "
-                f"log-space Sinkhorn iterations at temperature {self.sinkhorn_temperature}{noise}; soft sort in "
-                "training, hard in eval" + (" (causal)" if self.is_causal else " (bidirectional)"))
+        balancing = ("causal sort: a softmax over the earlier blocks" if self.is_causal else
+                     f"{self.sinkhorn_iterations} log-space Sinkhorn iterations")
+        return (f"Sparse Sinkhorn attention, blocks of {self.block_size}, {mode}; {balancing} at temperature "
+                f"{self.sinkhorn_temperature}{noise}; soft sort in training, hard in eval"
+                + (" (causal)" if self.is_causal else " (bidirectional)"))
