@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from backend_agreement import lm_logits_and_gradients
 from testers import TESTERS, enable_activation_checkpointing
 from tiny_sources import one_thread, tiny_source  # noqa: F401 (a fixture)
 
@@ -178,15 +179,17 @@ def naive_attention(q, k, v, keep, matrix, block_size, causal, sortcut):
     return out
 
 
-def attention_inputs(style: str, training: bool, length: int = 29, **overrides):
-    """An attention layer (blocks of 6: 5 blocks, the last partial) in train or eval mode, random q/k/v, a keep-mask
-    with a padded row, and its sort."""
+def attention_inputs(style: str, training: bool, length: int = 29, padded: bool = True, **overrides):
+    """An attention layer (blocks of 6: 5 blocks, the last partial at 29 tokens) in train or eval mode, random q/k/v,
+    a keep-mask with a padded row (or None), and its sort."""
     torch.manual_seed(0)
     model = EfficientSinkhornModel(config(style, block_size=6, **overrides)).train(training)
     attention = model.layers[0].self_attn
     hidden = torch.randn(3, length, model.config.hidden_size)
-    keep = torch.ones(3, length, dtype=torch.bool)
-    keep[1, length - 10:] = False
+    keep = None
+    if padded:
+        keep = torch.ones(3, length, dtype=torch.bool)
+        keep[1, length - 10:] = False
     query, key, value = attention.project(hidden, None)
     torch.manual_seed(1)
     sort = attention.sort(key, keep)
@@ -198,17 +201,20 @@ CASES = [pytest.param(style, training, sortcut, id=f"{style}-{'train' if trainin
          if not (sortcut and STYLES[style])]
 
 
+@pytest.mark.parametrize("length", [29, 30])
 @pytest.mark.parametrize(("style", "training", "sortcut"), CASES)
-def test_each_block_attends_its_own_block_and_its_sorted_partner(style, training, sortcut):
-    attention, (query, key, value, keep), sort = attention_inputs(style, training, sortcut_blocks=sortcut,
-                                                                  gumbel_noise=True)
+def test_each_block_attends_its_own_block_and_its_sorted_partner(style, training, sortcut, length):
+    """29 tokens with a padded row; 30 (whole blocks) without a mask."""
+    attention, (query, key, value, keep), sort = attention_inputs(style, training, length, padded=length == 29,
+                                                                  sortcut_blocks=sortcut, gumbel_noise=True)
     causal = STYLES[style]
     assert (sort.soft is not None) == training
     expected = naive_attention(query, key, value, keep, sort.matrix(), 6, causal, sortcut)
-    real = keep[:, :, None, None]
     with torch.no_grad():
         blocked = sinkhorn_blocked(attention, query, key, value, keep, sort, 6, causal, sortcut)
         reference, weights = sinkhorn_reference(attention, query, key, value, keep, sort, 6, causal, sortcut)
+    keep = torch.ones(3, length, dtype=torch.bool) if keep is None else keep
+    real = keep[:, :, None, None]
     torch.testing.assert_close((blocked * real).double(), expected * real, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close((reference * real).double(), expected * real, rtol=1e-5, atol=1e-6)
     # the weights the reference returns are over the original values and reproduce its output
@@ -263,6 +269,42 @@ def test_blocked_path_equals_the_reference_with_gradients_under_noise():
         assert any(n.endswith("sort_net.first.weight") and g.abs().max() > 0 for n, g in results[1][1].items())
         for name, grad in results[0][1].items():
             torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-5, msg=f"{style} {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize(("style", "sortcut"), [("bert", None), ("bert", 2), ("llama", None)])
+@pytest.mark.parametrize("training", [False, True])
+def test_gpu_blocked_path_equals_the_reference_and_the_cpu(style, sortcut, training):
+    """On CUDA (fp32, no TF32), 300 tokens in blocks of 32 (a partial last block) with a padded row: the blocked path
+    (gathered or mixed blocks through sdpa, the path "auto" takes on CUDA) equals the dense reference on CUDA, outputs
+    and gradients; training draws the same Gumbel noise for both (one seed). Eval (hard sort) also equals the blocked
+    path on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    head = EfficientSinkhornForCausalLM if STYLES[style] else EfficientSinkhornForMaskedLM
+    model = sharpened(head(config(style, block_size=32, head_dim=16, max_position_embeddings=512,
+                                  gumbel_noise=training, sortcut_blocks=sortcut))).train(training)
+    ids = torch.randint(1, 97, (2, 300), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 250:] = 0
+    ids[mask == 0] = 0
+    runs = [("cuda", "blocked"), ("cuda", "reference")] + ([] if training else [("cpu", "blocked")])
+    results = {}
+    for device, backend in runs:
+        model.to(device)
+        torch.manual_seed(2)
+        logits, grads = lm_logits_and_gradients(model, backend, ids.to(device), mask.to(device))
+        results[device, backend] = (logits[mask.bool().to(device)].cpu(), {n: g.cpu() for n, g in grads.items()})
+    model.config.attention_backend = "auto"
+    base_logits, base_grads = results["cuda", "blocked"]
+    for run in runs[1:]:
+        logits, grads = results[run]
+        torch.testing.assert_close(logits, base_logits, rtol=1e-4, atol=1e-4, msg=f"{run} logits")
+        for name, grad in base_grads.items():
+            scale = grad.abs().max().item()
+            torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5 * max(scale, 1e-3), msg=f"{run} {name}")
 
 
 # --- randomness ---------------------------------------------------------------------------------------------------

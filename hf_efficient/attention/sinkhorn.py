@@ -260,11 +260,15 @@ def sinkhorn_blocked(attention: nn.Module, query: torch.Tensor, key: torch.Tenso
         real = keep_blocks[:, None, :, :, None].to(key.dtype)
         key_blocks, value_blocks = key_blocks * real, value_blocks * real
     sorted_keep = sort.apply_keep(keep_blocks, batch, kv_heads, blocks, block_size, device)
+    if keep_blocks is None:  # without padding the sorted blocks' keys are real alike in every head: one mask
+        sorted_keep, groups = sorted_keep[:, :1], 1
     if sortcut is not None:
         kept = min(sortcut, blocks)
         sorted_key = sort.apply(key_blocks)[:, :, :kept].flatten(2, 3)  # (batch, kv_heads, k b, d)
         sorted_value = sort.apply(value_blocks)[:, :, :kept].flatten(2, 3)
-        mask = sorted_keep[:, :, :kept].flatten(2, 3)[:, :, None, :].repeat_interleave(groups, 1)
+        mask = None  # without padding every sorted key of the first k blocks is real
+        if keep_blocks is not None:
+            mask = sorted_keep[:, :, :kept].flatten(2, 3)[:, :, None, :].repeat_interleave(groups, 1)
         attended, _ = attention.attend(query, sorted_key, sorted_value, mask)
         return attended
 
@@ -284,9 +288,9 @@ def sinkhorn_blocked(attention: nn.Module, query: torch.Tensor, key: torch.Tenso
         if keep_blocks is not None:
             own = torch.eye(block_size, dtype=torch.bool, device=device)
             local = (local & keep_blocks[:, None, :, None, :]) | own
-        partner = sorted_keep[:, :, :, None, :]  # (batch, kv_heads, nb, 1, b)
-        local = local.expand(batch, kv_heads, blocks, block_size, block_size)
+        partner = sorted_keep[:, :, :, None, :]  # (batch, kv_heads or 1, nb, 1, b)
+        local = local.expand(batch, partner.shape[1], blocks, block_size, block_size)
         mask = torch.cat([local, partner.expand_as(local)], -1).repeat_interleave(groups, 1)
-        mask = mask.transpose(1, 2).reshape(batch * blocks, heads, block_size, 2 * block_size)
+        mask = mask.transpose(1, 2).reshape(batch * blocks, -1, block_size, 2 * block_size)
     attended, _ = attention.attend(query_blocks, keys, values, mask)  # (batch * nb, b, heads, d)
     return attended.reshape(batch, blocks * block_size, heads, dim)[:, :length]
