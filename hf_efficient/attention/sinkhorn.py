@@ -22,15 +22,16 @@ stochastic one is the identity, and a causal column step (each row's column norm
 gives every column's first allowed row all its mass, which pairs each block with the one before it whatever the
 input; the row normalisation is what the authors' code does for causal sorting too (its "softmax" sort).
 
-Time O(N b d + nb^2 (I + d)) with hard sorts, O(N nb d) for the soft mixture in training (the paper's cost too);
-memory O(N b) for the block attention, O(nb^2) for the sort.
+Time O(N b d) for the block attention, O(nb d M) for the sorting network (M = max_num_blocks), O(nb^2 I) for the
+balancing, O(N nb d) for the soft mixture in training (the paper's cost too) and O(nb^3) for eval's greedy matching
+(nb sequential steps); memory O(N b + nb^2).
 
-Deviations from the paper, all deliberate: the sorting network reads each head's block mean of the keys (as the
-authors' code in google-research/long-range-arena does), not the block sum of the layer input, so heads sort
-independently and cached decoding needs only cached keys; its scores are the MLP's linear output (no final ReLU,
-which would zero half the logits); padding keys are zeroed before blocks are mixed and padding blocks take no part in
-the balancing (so padded batches give the unpadded outputs); eval's hard sort is greedy, not the optimal (Hungarian)
-assignment; causal sorting normalises rows only, as explained above.
+Deviations from the paper, all deliberate: the sorting network reads each head's keys, the mean of a block's (the
+authors' code in google-research/long-range-arena sums each head's keys; the paper sums the layer input), so heads
+sort independently, cached decoding needs only cached keys, and the scale does not grow with b; its scores are the
+MLP's linear output (no final ReLU, which would zero half the logits); padding keys are zeroed before blocks are mixed
+and padding blocks take no part in the balancing (so padded batches give the unpadded outputs); eval's hard sort is
+greedy, not the optimal (Hungarian) assignment; causal sorting normalises rows only, as explained above.
 """
 
 import math
@@ -47,7 +48,9 @@ MASKED = -1e9  # a finite logit for excluded pairs: the balancing stays free of 
 
 class SortNet(nn.Module):
     """The sorting network: a two-layer ReLU MLP from a block summary (head_dim) to a score for each of
-    `max_blocks` target blocks; an input of nb blocks reads the first nb scores. Shared by the heads of a layer."""
+    `max_blocks` target blocks; an input of nb blocks reads the first nb scores. Shared by the heads of a layer.
+    Initialised like the model's other linear layers (weights N(0, initializer_range^2), zero biases), in a fresh
+    model and in conversion alike (models/sinkhorn: `sort_network_for_conversion`)."""
 
     def __init__(self, head_dim: int, hidden_size: int, max_blocks: int, bias: bool = True):
         super().__init__()
