@@ -46,6 +46,12 @@ PICTURES = [
     ("linear_transformer", ["linear_transformer", "--causal", "--layer", "0", "--heads", "0"],
      "intensity of the implied weights (elu(q)+1)(elu(k)+1)^T, row-normalised, causal: every earlier key, no "
      "later one"),
+    ("sinkhorn", ["sinkhorn", "--support", "--layer", "0", "--heads", "0", "1", "block_size=32"],
+     "blocks of 32, eval (hard sort): each query block sees its own block and the block the sorting network "
+     "pairs it with (a permutation of the 8 blocks), drawn per head (heads 0 and 1)"),
+    ("sinkhorn_causal", ["sinkhorn", "--support", "--causal", "--layer", "0", "--heads", "0", "1", "block_size=32"],
+     "causal, blocks of 32: each query block sees its own block up to itself and one earlier block chosen from "
+     "what the block may see (block 0: none), per head"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),

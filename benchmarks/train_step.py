@@ -105,11 +105,12 @@ class Knobs:
     num_summary: int = 32  # Sparse Transformer c (fixed pattern)
     compressed_block: int = 256  # Memory-compressed local block (compression 3)
     reformer_chunk: int = 64  # Reformer local and LSH chunk length
+    sinkhorn_block: int = 64  # Sparse Sinkhorn block size (own block + one sorted block per query block)
 
 
 PAPER_KNOBS = Knobs()
 TINY_KNOBS = Knobs(window=64, block=16, projected_length=64, local_size=16, num_summary=4, compressed_block=64,
-                   reformer_chunk=32)
+                   reformer_chunk=32, sinkhorn_block=16)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                           "L/M layers, block {k.compressed_block}, compression 3"),
     "synthesizer": ("synthesizer", lambda k: {"synthesizer_type": "factorized_random+vanilla"},
                     "factorized random + vanilla, n = N (quadratic)"),
+    "sinkhorn": ("sinkhorn", lambda k: {"block_size": k.sinkhorn_block},
+                 "blocks of {k.sinkhorn_block}, own + 1 sorted block, 7 Sinkhorn iterations, tau 0.75, Gumbel noise"),
+    "sinkhorn_sortcut": ("sinkhorn", lambda k: {"block_size": k.sinkhorn_block, "sortcut_blocks": 2},
+                         "SortCut: the first 2 sorted blocks of {k.sinkhorn_block}, 7 Sinkhorn iterations"),
 }
 
 
@@ -192,6 +197,10 @@ def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> Mode
             return f"n.a.: no variant {model_type} in hf_efficient"
         if setup.causal and not hf_efficient.VARIANTS[model_type].model.attention_class.supports_causal:
             return f"n.a.: {variant} has no causal form"
+        try:  # a setting the variant refuses in this mode (e.g. Sinkhorn's SortCut, encoders only)
+            our_config(name, 1024, setup, overrides)
+        except ValueError as error:
+            return f"n.a.: {describe(error)}"
         return None
 
     return ModelSpec(name + suffix, "ours", lambda k: our_label(name, k, overrides), build, unavailable,
@@ -408,6 +417,19 @@ def build_fla_linear_attention(length: int, setup: Setup) -> nn.Module:
     return PeerMaskedLM(nn.Sequential(*blocks), sizes, length)
 
 
+def build_sinkhorn_transformer(length: int, setup: Setup) -> nn.Module:
+    """lucidrains' sinkhorn-transformer LM: buckets of our Sinkhorn block size, 7 Sinkhorn iterations at temperature
+    0.75. Bidirectional: the paper's simple sort net (a permutation: non_permutative=False); causal: its default
+    attention sort net (the package's simple net serves fixed-length encoders only)."""
+    from sinkhorn_transformer import SinkhornTransformerLM
+
+    sizes, causal = setup.sizes, setup.causal
+    return SinkhornTransformerLM(num_tokens=sizes.vocab, dim=sizes.hidden, max_seq_len=length, depth=sizes.layers,
+                                 heads=sizes.heads, dim_head=sizes.head_dim, bucket_size=setup.knobs.sinkhorn_block,
+                                 causal=causal, sinkhorn_iter=7, temperature=0.75, non_permutative=causal,
+                                 use_simple_sort_net=not causal)
+
+
 def import_failure(module: str, needs_cuda: bool = False) -> Callable[[Setup], str | None]:
     """The reason a peer can't run here ('not installed: ...'), or None."""
 
@@ -447,11 +469,14 @@ SPECS = {spec.name: spec for spec in [
               build_fast_transformers, import_failure("fast_transformers.builders"), fast_transformers_note),
     ModelSpec("fla_linear_attention", "peers", lambda k: "fla LinearAttention (causal, chunk kernel)",
               build_fla_linear_attention, import_failure("fla.layers", needs_cuda=True), modes=("masked", "causal")),
+    ModelSpec("sinkhorn_transformer", "peers",
+              lambda k: f"sinkhorn-transformer SinkhornTransformerLM (buckets of {k.sinkhorn_block}, 7 iterations)",
+              build_sinkhorn_transformer, import_failure("sinkhorn_transformer"), modes=("masked", "causal")),
 ]}
 GROUPS = {group: [name for name, spec in SPECS.items() if spec.group == group]
           for group in ("ours", "anchors", "peers")}
 PEER_PACKAGES = ["performer-pytorch", "linformer", "pytorch-fast-transformers", "flash-linear-attention", "fla-core",
-                 "local-attention", "einops"]
+                 "local-attention", "einops", "sinkhorn-transformer"]
 
 
 # ---------------------------------------------------------------- one step, one case
@@ -547,6 +572,7 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     with torch.no_grad():
         for backend in (fast, other):
             model.config.attention_backend = backend
+            torch.manual_seed(0)  # the same draws for both paths (Sinkhorn's Gumbel noise in training)
             logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits
             loss = lm_loss(logits, batch).item()
             results[backend] = (loss, logits)
