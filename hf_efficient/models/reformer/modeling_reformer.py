@@ -6,7 +6,6 @@ import copy
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.pytorch_utils import apply_chunking_to_forward
 
 from ...attention.lsh import (
     hash_buckets,
@@ -205,17 +204,17 @@ class EfficientReformerAttention(EfficientAttention):
 
 
 class ChunkedMLP(EfficientMLP):
-    """The backbone's feed-forward, applied to `chunk_size_feed_forward` positions at a time (0: all at once)."""
+    """The backbone's feed-forward, applied to `chunk_size_feed_forward` positions at a time (0: all at once; the
+    last chunk may be shorter, so any length works)."""
 
     def __init__(self, config: EfficientReformerConfig):
         super().__init__(config)
         self.chunk_size = config.chunk_size_feed_forward
 
-    def dense(self, hidden: torch.Tensor) -> torch.Tensor:
-        return EfficientMLP.forward(self, hidden)
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return apply_chunking_to_forward(self.dense, self.chunk_size, 1, hidden)
+        if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
+            return super().forward(hidden)
+        return torch.cat([super(ChunkedMLP, self).forward(piece) for piece in hidden.split(self.chunk_size, 1)], 1)
 
 
 class EfficientReformerBlock(EfficientBlock):
