@@ -373,3 +373,71 @@ def test_all_local_conversion_with_chunks_covering_the_input_is_exact(kind, tmp_
     lsh = mixed.model.model.layers[1].self_attn
     assert not hasattr(lsh, "k_proj") and hasattr(mixed.model.model.layers[0].self_attn, "k_proj")
     assert "W_q" in mixed.new_parameters_recipe and mixed.new_parameters == []
+
+
+def saved_bytes(model, ids) -> int:
+    """Bytes autograd keeps for the backward of one training forward (tensors saved by its nodes)."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids).last_hidden_state.sum()
+    return total
+
+
+def test_reversible_backward_keeps_no_activations_per_layer():
+    ids = torch.randint(1, VOCAB, (1, 64))
+    kept = {}
+    for layers in (2, 4):
+        for recompute in (True, False):
+            config = EfficientReformerConfig(**{**TINY, **REVERSIBLE, "num_hidden_layers": layers,
+                                                "reversible_backward": recompute})
+            kept[layers, recompute] = saved_bytes(EfficientReformerModel(config).train(), ids)
+    assert kept[2, True] == kept[4, True], "the recomputing stack keeps the same whatever its depth"
+    assert kept[4, False] > kept[2, False] > 10 * kept[2, True]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_path_equals_cpu_path_and_reversible_backward_restores_cuda_dropout(causal):
+    """The blocked path on CUDA against the CPU (fp32: outputs and gradients, no dropout); then, on CUDA with dropout,
+    the recomputing backward against ordinary autograd (the CUDA RNG state is restored for the recomputation)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = EfficientReformerConfig(**{**TINY, **REVERSIBLE, "num_hidden_layers": 4, "is_causal": causal,
+                                        "head_dim": 16, "resample_rotations": False})
+    torch.manual_seed(0)
+    head = EfficientReformerForCausalLM if causal else EfficientReformerForMaskedLM
+    cpu = head(config).train()
+    gpu = copy.deepcopy(cpu).cuda()
+    ids = torch.randint(1, VOCAB, (2, 100))
+    mask = torch.ones_like(ids)
+    mask[1, 70:] = 0
+    results = []
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=ids.to(device),
+                    return_logits=True)
+        out.loss.backward()
+        results.append((out.logits.cpu(), {n: p.grad.cpu() for n, p in model.named_parameters()}))
+    real = mask.bool()
+    torch.testing.assert_close(results[1][0][real], results[0][0][real], rtol=1e-4, atol=1e-4)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+    config = EfficientReformerConfig(**{**config.to_dict(), "hidden_dropout_prob": 0.1,
+                                        "attention_probs_dropout_prob": 0.1, "resample_rotations": True})
+    torch.manual_seed(0)
+    model = head(config).cuda().train()
+    plain = copy.deepcopy(model)
+    plain.config.reversible_backward = False
+    grads = []
+    for candidate in (model, plain):
+        torch.manual_seed(1)
+        candidate(input_ids=ids.cuda(), labels=ids.cuda()).loss.backward()
+        grads.append({n: p.grad for n, p in candidate.named_parameters()})
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
