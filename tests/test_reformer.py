@@ -441,3 +441,21 @@ def test_gpu_path_equals_cpu_path_and_reversible_backward_restores_cuda_dropout(
         grads.append({n: p.grad for n, p in candidate.named_parameters()})
     for name, grad in grads[1].items():
         torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("head", [EfficientReformerForCausalLM, EfficientReformerForMaskedLM])
+def test_reversible_heads_read_both_streams_and_round_trip(head, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    causal = head is EfficientReformerForCausalLM
+    config = EfficientReformerConfig(**TINY, **REVERSIBLE, is_causal=causal, lm_head_bias=True)
+    torch.manual_seed(0)
+    model = head(config).eval()
+    decoder = model.lm_head if causal else model.lm_head.decoder
+    assert decoder.weight.shape == (VOCAB, 64) and decoder.weight.std() > 0.01  # initialised, 2 * hidden wide
+    model.save_pretrained(tmp_path)
+    loaded = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(tmp_path).eval()
+    assert type(loaded) is head
+    ids = torch.randint(1, VOCAB, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
