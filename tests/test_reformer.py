@@ -459,3 +459,19 @@ def test_reversible_heads_read_both_streams_and_round_trip(head, tmp_path):
     ids = torch.randint(1, VOCAB, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_causal_lsh_by_sorted_chunks_would_let_later_tokens_change_earlier_outputs():
+    """Why causal LSH attends by bucket window here (attention/lsh.py): with transformers' sorted chunks, a changed
+    later token moves the chunk grid, and earlier outputs change; ours keep them."""
+    hf_model = transformers_reformer("ReformerModel", causal=True, axial=False)
+    ours = from_transformers_reformer(hf_model)
+    align_transformers_hashes(hf_model, ours.config)
+    ids = torch.randint(1, VOCAB, (1, 64), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, 40:] = torch.randint(1, VOCAB, (24,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = [hf_model(input_ids=x).last_hidden_state[:, :40] for x in (ids, changed)]
+        mine = [ours(input_ids=x, use_cache=False).last_hidden_state[:, :40] for x in (ids, changed)]
+    assert (theirs[0] - theirs[1]).abs().max() > 1e-3
+    torch.testing.assert_close(mine[0], mine[1], rtol=0, atol=1e-6)

@@ -121,8 +121,11 @@ class EfficientReformerConfig(EfficientConfig):
 
     def describe_attention(self) -> str:
         pattern = "".join("H" if kind == "lsh" else "L" for kind in self.attn_layers)
+        lsh = (f"the {self.lsh_attn_chunk_length * self.lsh_num_chunks_before} most recent earlier tokens of a "
+               "query's bucket" if self.is_causal else f"chunks of {self.lsh_attn_chunk_length} of the sorted order "
+               f"({self.lsh_num_chunks_before} back, {self.lsh_num_chunks_after} ahead)")
         return (f"Reformer attention, layers {pattern} (H = LSH, L = local): LSH with {self.num_hashes} hash round(s) "
-                f"of {self.num_buckets} buckets, chunks of {self.lsh_attn_chunk_length} "
-                f"(+{self.lsh_num_chunks_before}/-{self.lsh_num_chunks_after}); local chunks of "
-                f"{self.local_attn_chunk_length}; {'reversible' if self.reversible else 'standard'} residuals"
+                f"of {self.num_buckets} buckets, {lsh}; local chunks of "
+                f"{self.local_attn_chunk_length} ({self.local_num_chunks_before} back, {self.local_num_chunks_after} "
+                f"ahead); {'reversible' if self.reversible else 'standard'} residuals"
                 + (" (causal)" if self.is_causal else " (bidirectional)"))
