@@ -296,13 +296,14 @@ def test_bad_settings_say_what_to_change(overrides, message):
 
 # ----------------------------------------------------------------------------- transformers' Reformer
 
-def transformers_reformer(class_name: str, causal: bool, axial: bool, lsh_chunk: int = 8):
-    config = transformers.ReformerConfig(
+def transformers_reformer(class_name: str, causal: bool, axial: bool, lsh_chunk: int = 8, **knobs):
+    fields = dict(
         vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, attention_head_size=16, num_hidden_layers=4,
         attn_layers=["local", "lsh", "lsh", "local"], feed_forward_size=64, axial_pos_embds=axial,
         axial_pos_shape=[4, 16], axial_pos_embds_dim=[12, 20], max_position_embeddings=64, is_decoder=causal,
         lsh_attn_chunk_length=lsh_chunk, local_attn_chunk_length=8, num_buckets=4, num_hashes=2,
         hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0)
+    config = transformers.ReformerConfig(**{**fields, **knobs})
     torch.manual_seed(0)
     model = getattr(transformers, class_name)(config).eval()
     with torch.no_grad():  # random weights of a useful size (transformers' init leaves the LayerNorms at 1 / 0)
@@ -334,6 +335,19 @@ def test_bidirectional_parity_with_transformers_both_ways(class_name, axial):
     torch.testing.assert_close(returned, actual, rtol=1e-5, atol=1e-5)
     assert not hasattr(back.config, "axial_pos_embds") or back.config.axial_pos_embds is False
     assert (other - output_of(ours.base_model(input_ids=ids))).abs().max() > 1e-3, "other hashes, other output"
+
+
+@pytest.mark.parametrize(("before", "after", "hashes"), [(1, 1, 1), (2, 0, 3), (0, 1, 2)])
+def test_bidirectional_parity_with_other_neighbours_and_rounds(before, after, hashes):
+    hf_model = transformers_reformer("ReformerModel", causal=False, axial=False, num_hashes=hashes,
+                                     lsh_num_chunks_before=before, lsh_num_chunks_after=after,
+                                     local_num_chunks_before=before, local_num_chunks_after=after)
+    ours = from_transformers_reformer(hf_model)
+    align_transformers_hashes(hf_model, ours.config)
+    ids = torch.randint(1, VOCAB, (2, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).last_hidden_state, hf_model(input_ids=ids).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("class_name", ["ReformerModel", "ReformerModelWithLMHead"])
