@@ -105,17 +105,35 @@ def random_lsh_inputs(seed: int, length: int = 21, rounds: int = 2, num_buckets:
 
 # ----------------------------------------------------------------------------- the mechanism
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize(("chunk", "before", "after"), [(4, 1, 0), (5, 2, 1), (8, 0, 1), (32, 1, 0)])
+@pytest.mark.parametrize(("causal", "chunk", "before", "after"), [
+    (False, 4, 1, 0), (False, 5, 2, 1), (False, 8, 0, 1), (False, 32, 1, 0),  # 32: one chunk covers the input
+    (True, 4, 1, 0), (True, 5, 2, 0), (True, 8, 0, 0), (True, 32, 1, 0),  # causal: no chunk ahead
+])
 def test_lsh_chunks_equal_naive_loops(causal, chunk, before, after):
-    if causal and after:
-        pytest.skip("causal models attend to no later chunk")
     shared, values, rotations, keep = random_lsh_inputs(seed=chunk + before)
     buckets = hash_buckets(shared, rotations, keep)
     ours = lsh_blocked(shared, normalize_keys(shared), values, buckets, keep, chunk, before, after, causal)
     expected = naive_lsh(shared, values, buckets, keep, chunk, before, after, causal)
     real = keep[:, None, :, None].expand_as(ours)
     torch.testing.assert_close(ours[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_are_the_derivatives(causal):
+    """gradcheck (float64, finite differences) of both chunked attentions: the hashes are fixed (piecewise constant)
+    and the paths' softmax with its log-normaliser differentiates exactly."""
+    shared, values, rotations, keep = random_lsh_inputs(seed=5, length=13)
+    buckets = hash_buckets(shared, rotations, keep)
+    shared, values = shared.double().requires_grad_(), values.double().requires_grad_()
+
+    def lsh(shared, values):
+        return lsh_blocked(shared, normalize_keys(shared), values, buckets, keep, 4, 1, 0, causal)
+
+    def local(query, values):
+        return local_blocked(query, values.flip(2), values, keep, 4, 1, 0, causal, 0.5)
+
+    assert torch.autograd.gradcheck(lsh, (shared, values))
+    assert torch.autograd.gradcheck(local, (shared, values))
 
 
 def test_hash_is_the_argmax_of_the_rotated_vector_and_its_negation():

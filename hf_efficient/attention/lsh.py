@@ -96,6 +96,11 @@ def _pad_to(states: torch.Tensor, length: int, dim: int, value=0) -> torch.Tenso
     return nn.functional.pad(states, pad, value=value)
 
 
+def _wide(states: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half-precision inputs are computed in float32; float64 stays, for gradcheck)."""
+    return states if states.dtype == torch.float64 else states.float()
+
+
 def _softmax_with_lse(scores: torch.Tensor, dropout: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over the last axis and its log-normaliser; the maximum is subtracted before exponentiating, which keeps
     rows whose scores sit near the -1e5 self value exact in float32."""
@@ -137,7 +142,7 @@ def lsh_blocked(query: torch.Tensor, keys: torch.Tensor, value: torch.Tensor, bu
         states = _pad_to(states, padded, 2)
         return states.gather(2, flat_order[..., None].expand(-1, -1, -1, states.shape[-1]))
 
-    sorted_query, sorted_keys, sorted_values = sort(query.float()), sort(keys.float()), sort(value.float())
+    sorted_query, sorted_keys, sorted_values = sort(_wide(query)), sort(_wide(keys)), sort(_wide(value))
     real = torch.ones(batch, length, dtype=torch.bool, device=query.device) if keep is None else keep
     sorted_real = _pad_to(real, padded, 1, value=False).gather(1, flat_order.reshape(batch, -1)).view(
         batch, heads, rounds * padded)
@@ -263,12 +268,12 @@ def local_blocked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k
         states = _pad_to(states, padded, 2)
         return states.reshape(batch, states.shape[1], chunks, chunk, *states.shape[3:])
 
-    key_chunks = _gather_chunks(chunked(key.float()), neighbours)
-    value_chunks = _gather_chunks(chunked(value.float()), neighbours)
+    key_chunks = _gather_chunks(chunked(_wide(key)), neighbours)
+    value_chunks = _gather_chunks(chunked(_wide(value)), neighbours)
     positions = torch.arange(padded, device=query.device)[None, None].expand(batch, 1, -1)
     key_positions = _gather_chunks(chunked(positions), neighbours)  # (B, 1, C, O * c)
     key_real = _gather_chunks(chunked(_pad_to(real, padded, 1, value=False)[:, None]), neighbours)
-    scores = torch.matmul(chunked(query.float()), key_chunks.transpose(-1, -2)) * scaling
+    scores = torch.matmul(chunked(_wide(query)), key_chunks.transpose(-1, -2)) * scaling
     allowed = key_real[..., None, :]
     if causal:
         allowed = allowed & (key_positions[..., None, :] <= chunked(positions)[..., None])
