@@ -37,6 +37,15 @@ PICTURES = [
                                       "block_size=32", "compression_factor=4"],
      "T-DMCA memory-compressed layer (layer 1), causal: the 256 raw key columns (only the query's own group of 4, "
      "up to itself) then the 64 slots (each pools 4 positions; seen once complete)"),
+    ("reformer_lsh", ["reformer", "--support", "--layer", "1", "--heads", "0", "lsh_attn_chunk_length=32",
+                      "num_buckets=8", "num_hashes=2"],
+     "Reformer LSH layer (layer 1), bidirectional, 2 hash rounds of 8 buckets, chunks of 32: each query sees the "
+     "tokens sharing its sorted chunk or the one before in either round (a content-based pattern; the diagonal is "
+     "white: no attention to oneself)"),
+    ("reformer_lsh_causal", ["reformer", "--support", "--causal", "--layer", "1", "--heads", "0",
+                             "lsh_attn_chunk_length=32", "num_buckets=8", "num_hashes=2"],
+     "Reformer LSH layer (layer 1), causal, 2 hash rounds of 8 buckets: each query sees the 32 most recent earlier "
+     "tokens of its bucket in either round"),
     ("linformer", ["linformer", "--layer", "0", "--heads", "0", "projected_length=64"],
      "intensity: 256 queries (rows) x the k = 64 projected keys (columns; each mixes every position, not a "
      "token): every pair has weight > 0"),

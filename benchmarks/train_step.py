@@ -160,6 +160,14 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                  "blocks of {k.sinkhorn_block}, own + 1 sorted block, 7 Sinkhorn iterations, tau 0.75, Gumbel noise"),
     "sinkhorn_sortcut": ("sinkhorn", lambda k: {"block_size": k.sinkhorn_block, "sortcut_blocks": 2},
                          "SortCut: the first 2 sorted blocks of {k.sinkhorn_block}, 7 Sinkhorn iterations"),
+    "reformer": ("reformer", lambda k: {"local_attn_chunk_length": k.reformer_chunk,
+                                        "lsh_attn_chunk_length": k.reformer_chunk, "num_hashes": 2},
+                 "local/LSH layers, chunk {k.reformer_chunk}, 2 hashes, b = 2N / chunk"),
+    "reformer_reversible": ("reformer", lambda k: {"local_attn_chunk_length": k.reformer_chunk,
+                                                   "lsh_attn_chunk_length": k.reformer_chunk, "num_hashes": 2,
+                                                   "reversible": True, "norm_position": "pre",
+                                                   "tie_word_embeddings": False},
+                            "local/LSH layers, chunk {k.reformer_chunk}, 2 hashes, reversible residuals"),
 }
 
 
@@ -564,11 +572,14 @@ def attention_backend_in_use(model: nn.Module, device: torch.device) -> str:
 
 def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     """Same weights, same input: the loss (and logits) of our fast path against a second path (flex or compiled
-    against blocked; blocked, when it is the fast path, against the naive reference)."""
+    against blocked; blocked, when it is the fast path, against the naive reference). In eval mode (dropout is 0
+    anyway), where models that redraw randomness per training step (the Reformer's hash rotations) are fixed."""
     fast = attention_backend_in_use(model, device)
     other = "blocked" if fast != "blocked" else "reference"
     forced = model.config.attention_backend
     results = {}
+    training = model.training
+    model.eval()
     with torch.no_grad():
         for backend in (fast, other):
             model.config.attention_backend = backend
@@ -577,6 +588,7 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
             loss = lm_loss(logits, batch).item()
             results[backend] = (loss, logits)
     model.config.attention_backend = forced
+    model.train(training)
     (fast_loss, fast_logits), (other_loss, other_logits) = results[fast], results[other]
     relative = ((fast_logits - other_logits).norm() / other_logits.norm()).item()
     tolerance = 1e-2 if model.dtype == torch.bfloat16 else 1e-4  # relative; logits get 2x (layers of rounding)

@@ -203,7 +203,7 @@ def test_bigbird_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("variant", sorted(set(CAUSAL_VARIANTS) - {"longformer", "sparse_transformer",
-                                                                    "memory_compressed"}))
+                                                                    "memory_compressed", "reformer"}))
 def test_causal_dense_variants_light_exactly_the_lower_triangle(tmp_path, variant):
     """Kernel methods (implied weights phi(q) phi(k)^T, normalised) and the other dense causal mechanisms: every
     earlier key has weight > 0, no later one."""

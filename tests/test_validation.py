@@ -143,6 +143,7 @@ def test_defaults_still_serve_a_config_made_in_python():
 # seeded tensors: (variant, config overrides) covering every kind a variant declares in `seeded_tensors`
 SEEDED_CASES = {
     "performer": ("efficient_performer", {}),
+    "reformer": ("efficient_reformer", dict(attn_layers="lsh")),
     "synthesizer-fixed": ("efficient_synthesizer", dict(synthesizer_type="random+factorized_random+vanilla",
                                                          mixture_weights=None, random_trainable=False)),
     "synthesizer-trainable": ("efficient_synthesizer", dict(synthesizer_type="random+factorized_random",
