@@ -358,3 +358,27 @@ def test_config_refuses_a_head_split_across_key_value_heads_and_bad_lists():
     assert [layer.self_attn.num_routing_heads for layer in model.layers] == [0, 4]
     assert model(**TESTER.inputs(per_layer)).last_hidden_state.isfinite().all()
     assert config(num_routing_heads=None).num_routing_heads == [2, 2], "default: half the heads"
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_conversion_with_one_cluster_covering_the_input_reproduces_the_source(kind, tmp_path):
+    """A second exact setting besides all-local heads: half the heads routing, through one centroid whose cluster
+    (and the local heads' reach) covers the input; as converted with the tester's knobs it really differs."""
+    from test_every_target import output, padded_batch
+    from tiny_sources import save_tiny_source
+
+    from hf_efficient.conversion import convert
+
+    source = save_tiny_source(kind, tmp_path / kind)
+    covering = dict(num_clusters=1, routing_window=128, local_window=128)
+    exact = convert(str(tmp_path / kind), "routing", out=None, max_length=128, eval_tokens=0, **covering).model
+    sparse = convert(str(tmp_path / kind), "routing", out=None, max_length=128, eval_tokens=0,
+                     **TESTER.mechanism).model
+    assert exact.config.num_routing_heads == [2, 2]
+    inputs = padded_batch(source.config.pad_token_id)
+    real = inputs["attention_mask"].bool()
+    reference_model = source.base_model if kind == "electra" else source
+    with torch.no_grad():
+        expected, ours, routed = (output(m, inputs)[real] for m in (reference_model, exact, sparse))
+    assert (ours - expected).abs().max() <= 1e-5
+    assert (routed - expected).abs().max() > 1e-3
