@@ -382,3 +382,44 @@ def test_conversion_with_one_cluster_covering_the_input_reproduces_the_source(ki
         expected, ours, routed = (output(m, inputs)[real] for m in (reference_model, exact, sparse))
     assert (ours - expected).abs().max() <= 1e-5
     assert (routed - expected).abs().max() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+@pytest.mark.parametrize("style", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("length", [37, 300])
+def test_gpu_paths_equal_the_reference_with_the_kmeans_step(style, length):
+    """On CUDA, "auto" takes FlexAttention for the local heads and batched sdpa over the gathered clusters for the
+    routing heads; it and the blocked path equal the naive reference, k-means step on: outputs, every gradient and
+    the centroids after the step (fp32, padded batches)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    head = AutoModelForCausalLM if style != "bert" else AutoModelForMaskedLM
+    model = head.from_config(config(style, head_dim=16, centroid_decay=0.5, max_position_embeddings=512,
+                                    use_pooler=False)).cuda().train()
+    hidden = torch.zeros(1, length, model.config.hidden_size, device="cuda")
+    assert model.model.layers[0].self_attn.backend(hidden, False) == "flex"
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = {k: v.cuda() for k, v in TESTER.inputs(model.config, length=length, seed=3).items()}
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    results = {}
+    for backend in ("reference", "blocked", "auto"):
+        model.load_state_dict(start)
+        model.config.attention_backend = backend
+        model.zero_grad()
+        output = model(**inputs, labels=labels, return_logits=True)
+        output.loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        centroids = torch.cat([layer.self_attn.centroids.clone() for layer in model.model.layers])
+        results[backend] = (output.logits.detach(), grads, centroids)
+    model.config.attention_backend = "auto"
+    real = inputs["attention_mask"].bool()
+    logits, grads, centroids = results["reference"]
+    for backend in ("blocked", "auto"):
+        torch.testing.assert_close(results[backend][0][real], logits[real], rtol=1e-5, atol=2e-5, msg=backend)
+        for name, grad in grads.items():
+            torch.testing.assert_close(results[backend][1][name], grad, rtol=1e-4, atol=1e-5, msg=f"{backend} {name}")
+        torch.testing.assert_close(results[backend][2], centroids, rtol=1e-5, atol=1e-5, msg=backend)
