@@ -91,7 +91,7 @@ def test_reference_and_blocked_paths_equal_the_naive_rule(causal, groups, window
     vectors = routing_vectors(query, key)
     routing = causal_clusters(vectors, centroids, keep) if causal else top_k_members(vectors, centroids, keep, window)
     expected = naive_routing(query, key, value, centroids, keep, window, causal, scaling)
-    reference, weights = routing_reference(query, key, value, routing, keep, window, causal, scaling)
+    reference, weights = routing_reference(query, key, value, routing, keep, window, causal, scaling, 3)
     attention = EfficientRoutingAttention(config("gpt2" if causal else "bert", num_key_value_heads=4 // groups,
                                                  attention_backend="blocked"), 0)
     assert attention.num_key_value_groups == groups

@@ -79,21 +79,30 @@ def top_k_members(vectors: torch.Tensor, centroids: torch.Tensor, keep: torch.Te
     return members.sort(dim=-1).values
 
 
+def causal_routing_keep(clusters: torch.Tensor, window: int, num_clusters: int, query_start: int = 0) -> torch.Tensor:
+    """(batch, heads, N - query_start, N) bool from `causal_clusters` ids of N tokens (padding: id num_clusters):
+    query i (from query_start on) keeps key j when they share a cluster, j <= i, and fewer than w tokens of the
+    cluster lie in (j, i]."""
+    length = clusters.shape[-1]
+    counts = F.one_hot(clusters, num_clusters + 1).cumsum(2)  # (batch, heads, N, k + 1): running count per cluster
+    ranks = counts.gather(-1, clusters[..., None])[..., 0]  # (batch, heads, N): 1, 2, ... within each cluster
+    queries, query_ranks = clusters[..., query_start:, None], ranks[..., query_start:, None]
+    positions = torch.arange(length, device=clusters.device)
+    earlier = positions[None, :] <= positions[query_start:, None]
+    return (queries == clusters[..., None, :]) & earlier & (query_ranks - ranks[..., None, :] < window)
+
+
 def routing_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, routing: torch.Tensor,
-                      keep: torch.Tensor | None, window: int, causal: bool,
-                      scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      keep: torch.Tensor | None, window: int, causal: bool, scaling: float,
+                      num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense reference. q/k/v (batch, heads, N, d), keys one per query head; `routing` is `causal_clusters` (causal)
     or `top_k_members` (bidirectional). Returns (batch, N, heads, d) (padding rows zero) and the (batch, heads, N, N)
     weights: out = weights @ v."""
     length = query.shape[2]
-    positions = torch.arange(length, device=query.device)
     scores = (query @ key.transpose(-1, -2)) * scaling
-    if causal:  # same cluster, j <= i, and at most w - 1 of i's cluster between them
-        clusters = routing
-        ranks = F.one_hot(clusters).cumsum(2).gather(-1, clusters[..., None])[..., 0]  # (batch, heads, N): 1, 2, ...
-        mask = (clusters[..., :, None] == clusters[..., None, :]) & (positions[:, None] >= positions[None, :])
-        mask = mask & (ranks[..., :, None] - ranks[..., None, :] < window)
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    if causal:
+        keep_pairs = causal_routing_keep(routing, window, num_clusters)
+        weights = scores.masked_fill(~keep_pairs, float("-inf")).softmax(-1)
     else:  # the mean over the clusters holding i of the softmax over the cluster's real tokens
         member = torch.zeros(*routing.shape[:3], length, dtype=torch.bool, device=query.device)
         member = member.scatter(-1, routing, True)  # (batch, heads, k, N)
@@ -146,7 +155,7 @@ def routing_blocked(attention: EfficientAttention, query: torch.Tensor, key: tor
         return x.transpose(1, 2).reshape(batch * clusters, heads, *x.shape[3:])
 
     q, k, v = (fold(gather_tokens(x, members)) for x in (query, key, value))
-    attended = attend_per_head(attention, q, k, v, fold(mask))  # (batch * k, w, heads, d)
+    attended, _ = attend_per_head(attention, q, k, v, fold(mask))  # (batch * k, w, heads, d)
     attended = attended.view(batch, clusters, size, heads, dim).permute(0, 3, 1, 2, 4).reshape(batch, heads, -1, dim)
     index = members.reshape(batch, heads, -1)
     total = query.new_zeros(batch, heads, length, dim).scatter_add(2, index[..., None].expand(-1, -1, -1, dim),
@@ -185,7 +194,7 @@ def causal_blocked(attention: EfficientAttention, query: torch.Tensor, key: torc
         # (batch, heads, blocks, ...) -> (batch * blocks, heads, ...)
         return x.transpose(1, 2).reshape(batch * blocks, heads, *x.shape[3:])
 
-    attended = attend_per_head(attention, fold(q), fold(k), fold(v), fold(mask))  # (batch * blocks, w, heads, d)
+    attended, _ = attend_per_head(attention, fold(q), fold(k), fold(v), fold(mask))  # (batch * blocks, w, heads, d)
     attended = attended.view(batch, blocks, block, heads, dim).permute(0, 3, 1, 2, 4).reshape(batch, heads, -1, dim)
     out = torch.empty_like(query).scatter(2, order[..., :length, None].expand(-1, -1, -1, dim),
                                           attended[:, :, :length])
@@ -193,10 +202,10 @@ def causal_blocked(attention: EfficientAttention, query: torch.Tensor, key: torc
 
 
 def attend_per_head(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    keep: torch.Tensor) -> torch.Tensor:
-    """`attention.attend` on keys/values already one per query head. Returns (batch, q, heads, d)."""
+                    keep: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`attention.attend` on keys/values already one per query head: ((batch, q, heads, d), weights or None)."""
     owner = attention if attention.num_key_value_groups == 1 else PerHeadKeys(attention)
-    return EfficientAttention.attend(owner, query, key, value, keep)[0]
+    return EfficientAttention.attend(owner, query, key, value, keep, need_weights=need_weights)
 
 
 def centroid_statistics(vectors: torch.Tensor, centroids: torch.Tensor,

@@ -1,4 +1,5 @@
 from ...core.variant import Variant
+from .cache_routing import RoutingCache, RoutingCacheLayer
 from .configuration_routing import EfficientRoutingConfig
 from .modeling_routing import (
     EfficientRoutingAttention,
@@ -34,4 +35,6 @@ __all__ = [
     "EfficientRoutingForSequenceClassification",
     "EfficientRoutingForTokenClassification",
     "EfficientRoutingModel",
+    "RoutingCache",
+    "RoutingCacheLayer",
 ]

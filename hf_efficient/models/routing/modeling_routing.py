@@ -7,7 +7,9 @@ from transformers import initialization as init
 from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available
 from ...attention.routing import (
     LAYER_SEED_STRIDE,
+    attend_per_head,
     causal_clusters,
+    causal_routing_keep,
     centroid_statistics,
     draw_centroids,
     moved_centroids,
@@ -17,6 +19,7 @@ from ...attention.routing import (
     top_k_members,
 )
 from ...attention.sliding_window import (
+    band_keep,
     flex_block_mask,
     sliding_window_blocked,
     sliding_window_flex,
@@ -31,6 +34,7 @@ from ...core.heads import (
     EfficientForTokenClassification,
 )
 from ...core.modeling import EfficientModel
+from .cache_routing import RoutingCache, RoutingCacheLayer
 from .configuration_routing import EfficientRoutingConfig
 
 
@@ -50,10 +54,11 @@ class EfficientRoutingAttention(EfficientAttention):
     were when it was called, then moves them (EMA, from detached statistics of real tokens, all-reduced under
     torch.distributed). A gradient-checkpointing recomputation of the layer reuses the centroids of the first pass
     (kept in the forward's `shared_state`) and does not move them again. Eval and `generate()` never change them.
-    Padding rows of the output are zero. No cached decoding (generate() recomputes the prefix).
+    Padding rows of the output are zero. Cached decoding (causal): a `RoutingCache` keeps every past key/value and
+    each routing head's past clusters; a new token costs O(N d) (its cluster's w keys are picked by a mask).
     """
 
-    supports_cache = False
+    supports_cache = True
 
     def __init__(self, config: EfficientRoutingConfig, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -61,6 +66,7 @@ class EfficientRoutingAttention(EfficientAttention):
         self.num_local_heads = self.num_heads - self.num_routing_heads
         self.local_window = config.local_window
         self.routing_window = config.routing_window
+        self.num_clusters = config.num_clusters
         self.decay = config.centroid_decay
         # every layer keeps centroids (also one without routing heads), so one checkpoint loads under any head split
         self.register_buffer("centroids", self.draw_centroids(config.centroid_seed), persistent=True)
@@ -101,6 +107,9 @@ class EfficientRoutingAttention(EfficientAttention):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         shared_state = {} if shared_state is None else shared_state
         query, key, value = self.project(hidden_states, position_embeddings)
+        state = None if past_key_values is None else past_key_values.layers[self.layer_idx]
+        if state is not None and state.seen_tokens:
+            return self.decode_step(query, key, value, attention_mask, state, shared_state, output_attentions)
         keep = attention_mask
         backend = self.backend(hidden_states, output_attentions)
         if backend not in ("reference", "blocked", "flex"):
@@ -122,27 +131,70 @@ class EfficientRoutingAttention(EfficientAttention):
                 attended = sliding_window_blocked(self, q, k, v, keep, None, None, None, self.local_window, 1,
                                                   self.is_causal)
             outputs.append(attended)
+        clusters = key.new_zeros(key.shape[0], 0, key.shape[2], dtype=torch.long)  # no routing heads: no clusters
         if self.num_routing_heads:
             q = query[:, local:]
             k, v = repeat_kv(key, groups)[:, local:], repeat_kv(value, groups)[:, local:]
             centroids, moves = self.pass_centroids(shared_state)
             vectors = routing_vectors(q, k)
             if self.is_causal:
-                routing = causal_clusters(vectors, centroids, keep)
+                routing = clusters = causal_clusters(vectors, centroids, keep)
             else:
                 routing = top_k_members(vectors, centroids, keep, self.routing_window)
             if backend == "reference":
                 attended, routing_weights = routing_reference(q, k, v, routing, keep, self.routing_window,
-                                                              self.is_causal, self.scaling)
+                                                              self.is_causal, self.scaling, self.num_clusters)
                 weights.append(routing_weights)
             else:
                 attended = routing_blocked(self, q, k, v, routing, keep, self.routing_window, self.is_causal)
             outputs.append(attended)
             if moves:
                 self.move_centroids(vectors, centroids, keep)
+        if state is not None:
+            state.store(key, value, clusters)
         attended = torch.cat(outputs, dim=2)  # (batch, N, heads, d)
         if keep is not None:
             attended = attended * keep[:, :, None, None].to(attended.dtype)
+        return self.merge_heads(attended), (torch.cat(weights, dim=1) if output_attentions else None)
+
+    def decode_step(self, query, key, value, attention_mask, state: RoutingCacheLayer, shared_state: dict,
+                    output_attentions: bool):
+        """New queries at positions seen.. against every cached key: the local band, and in each routing head the w
+        most recent tokens of the query's cluster (the past tokens' clusters are cached)."""
+        past, total = state.seen_tokens, state.seen_tokens + query.shape[2]
+        keys, values = torch.cat([state.keys, key], dim=2), torch.cat([state.values, value], dim=2)
+        key_keep = None if attention_mask is None else attention_mask[:, :total]
+        new_keep = None if attention_mask is None else attention_mask[:, past:total]
+        device = query.device
+        query_positions, key_positions = torch.arange(past, total, device=device), torch.arange(total, device=device)
+        local, groups = self.num_local_heads, self.num_key_value_groups
+        outputs, weights = [], []
+        if local:
+            band = band_keep(query_positions, key_positions, self.local_window, 1, True)[None, None]
+            if key_keep is not None:
+                band = band & key_keep[:, None, None, :]
+            band = band | (query_positions[:, None] == key_positions[None, :])
+            attended, local_weights = self.attend(query[:, :local], keys[:, :local // groups],
+                                                  values[:, :local // groups], band, need_weights=output_attentions)
+            outputs.append(attended)
+            weights.append(local_weights)
+        clusters = state.clusters
+        if self.num_routing_heads:
+            centroids, moves = self.pass_centroids(shared_state)
+            vectors = routing_vectors(query[:, local:], repeat_kv(key, groups)[:, local:])
+            clusters = torch.cat([clusters, causal_clusters(vectors, centroids, new_keep)], dim=2)
+            pairs = causal_routing_keep(clusters, self.routing_window, self.num_clusters, query_start=past)
+            attended, routing_weights = attend_per_head(self, query[:, local:], repeat_kv(keys, groups)[:, local:],
+                                                        repeat_kv(values, groups)[:, local:], pairs,
+                                                        need_weights=output_attentions)
+            outputs.append(attended)
+            weights.append(routing_weights)
+            if moves:
+                self.move_centroids(vectors, centroids, new_keep)
+        state.store(keys, values, clusters)
+        attended = torch.cat(outputs, dim=2)
+        if new_keep is not None:
+            attended = attended * new_keep[:, :, None, None].to(attended.dtype)
         return self.merge_heads(attended), (torch.cat(weights, dim=1) if output_attentions else None)
 
     def local_block_mask(self, query: torch.Tensor, keep: torch.Tensor | None, shared_state: dict):
@@ -166,6 +218,8 @@ def no_new_parameters(weights: dict[str, torch.Tensor], config: EfficientRouting
 class EfficientRoutingModel(EfficientModel):
     config_class = EfficientRoutingConfig
     attention_class = EfficientRoutingAttention
+    state_cache = RoutingCache
+    state_cache_refusal = "EfficientRouting decoding, which keeps each past token's cluster with its key"
     seeded_tensors = ("self_attn.centroids",)
 
     def _init_weights(self, module: nn.Module) -> None:
