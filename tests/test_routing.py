@@ -423,3 +423,19 @@ def test_gpu_paths_equal_the_reference_with_the_kmeans_step(style, length):
         for name, grad in grads.items():
             torch.testing.assert_close(results[backend][1][name], grad, rtol=1e-4, atol=1e-5, msg=f"{backend} {name}")
         torch.testing.assert_close(results[backend][2], centroids, rtol=1e-5, atol=1e-5, msg=backend)
+
+
+def test_centroids_stay_float32_in_a_bfloat16_model(tmp_path):
+    """A step of (1 - 0.999) = 1e-3 is below bfloat16's resolution: the centroids stay float32 under .to(bf16) and
+    from_pretrained(dtype=bf16), so a bf16 model's k-means step really moves them."""
+    torch.manual_seed(0)
+    model = EfficientRoutingModel(config(centroid_decay=0.999)).to(torch.bfloat16).train()
+    assert model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert model.layers[0].self_attn.centroids.dtype == torch.float32
+    before = model.layers[0].self_attn.centroids.clone()
+    model(**TESTER.inputs(model.config))
+    assert (model.layers[0].self_attn.centroids - before).abs().max() > 1e-4
+    model.save_pretrained(tmp_path)
+    loaded = EfficientRoutingModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.layers[0].self_attn.centroids.dtype == torch.float32
+    assert torch.equal(loaded.layers[0].self_attn.centroids, model.layers[0].self_attn.centroids)

@@ -43,9 +43,9 @@ LAYER_SEED_STRIDE = 100003  # layer l's centroids come from seed * LAYER_SEED_ST
 
 
 def draw_centroids(num_clusters: int, dim: int, seed: int) -> torch.Tensor:
-    """(k, d) random unit vectors from `seed` (CPU generator: the same on every device)."""
+    """(k, d) float32 random unit vectors from `seed` (CPU generator: the same on every device)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return F.normalize(torch.randn(num_clusters, dim, generator=generator), dim=-1)
+    return F.normalize(torch.randn(num_clusters, dim, generator=generator, dtype=torch.float32), dim=-1)
 
 
 def routing_vectors(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,14 @@ class EfficientRoutingAttention(EfficientAttention):
         # every layer keeps centroids (also one without routing heads), so one checkpoint loads under any head split
         self.register_buffer("centroids", self.draw_centroids(config.centroid_seed), persistent=True)
 
+    def _apply(self, fn, recurse: bool = True):
+        """`model.to(dtype)` / `.half()` keep the centroids in float32: an EMA step of (1 - decay) = 1e-3 is below
+        bfloat16's resolution and would round away."""
+        super()._apply(fn, recurse)
+        if self.centroids.dtype in (torch.float16, torch.bfloat16):
+            self.centroids = self.centroids.float()
+        return self
+
     def draw_centroids(self, seed: int) -> torch.Tensor:
         return draw_centroids(self.config.num_clusters, self.head_dim, seed * LAYER_SEED_STRIDE + self.layer_idx)
 
