@@ -23,8 +23,9 @@ same centroids; eval never changes them (see EfficientRoutingAttention).
 Paths: `routing_reference` forms the dense (N, N) weights (tests only). `routing_blocked` gathers each cluster's
 members (bidirectional: (k, w) of them; causal: the tokens sorted by (cluster, position), in windows of w queries
 against the 2w sorted keys that hold their cluster's w most recent tokens) and runs exact softmax through
-transformers' attention interface (sdpa on GPU: batched over clusters), then scatters back. Time O(N w d) per
-routing head (k w ~ N), memory O(N w); the k-means step costs O(N k d).
+transformers' attention interface (sdpa on GPU: batched over clusters), then scatters back. Time per routing head
+O(k w^2 d) bidirectional (O(N w d) at k w ~ N) and O(N w d) causal, memory O(k w^2) and O(N w); the k-means step
+costs O(N k d).
 
 Deviations from the paper: tokens are routed, not queries and keys separately (one routing vector per token and
 head, so that causal windows are exact); causal membership is nearest-centroid with a recency window instead of

@@ -45,15 +45,17 @@ class EfficientRoutingAttention(EfficientAttention):
     The first H - R heads are local (token i sees |i - j| <= local_window, j <= i when causal: sliding-window attention,
     attention/sliding_window.py); the last R route by online k-means: out_i = mean over the clusters C holding i of
     softmax_{j in C}(q_i . k_j / sqrt(d)) v_j (attention/routing.py: membership, the causal form, deviations).
-    Time O(N (w_local + w) d), memory O(N (w_local + w)) plus O(N k d) for the k-means step. On CUDA the local heads
+    Time per head: local O(N w_local d); routing O(k w^2 d) bidirectional (O(N w d) at the paper's k w = N), O(N w d)
+    causal; plus O(N k d) for the k-means step. Memory O(N w_local + k w^2) (causal: O(N w)). On CUDA the local heads
     run FlexAttention and the routing heads batched sdpa over the gathered clusters.
 
     Centroids: a persistent (k, d) buffer per layer (`centroids`), drawn from centroid_seed and saved with the model.
     The project's rule is that forward never mutates the module; the one exception is this documented k-means step,
     which happens only in training mode (and with centroid_decay < 1): the layer routes with the centroids as they
     were when it was called, then moves them (EMA, from detached statistics of real tokens, all-reduced under
-    torch.distributed). A gradient-checkpointing recomputation of the layer reuses the centroids of the first pass
-    (kept in the forward's `shared_state`) and does not move them again. Eval and `generate()` never change them.
+    torch.distributed: every process then runs the same training forwards, as DDP does). A gradient-checkpointing
+    recomputation of the layer reuses the centroids of the first pass (kept in the forward's `shared_state`) and does
+    not move them again. Eval mode never changes them. With gradient accumulation they move once per micro-batch.
     Padding rows of the output are zero. Cached decoding (causal): a `RoutingCache` keeps every past key/value and
     each routing head's past clusters; a new token costs O(N d) (its cluster's w keys are picked by a mask).
     """
