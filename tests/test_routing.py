@@ -19,6 +19,7 @@ from hf_efficient.attention.routing import (
     routing_vectors,
     top_k_members,
 )
+from hf_efficient.core.cache_argument import returned_cache
 from hf_efficient.models.routing.modeling_routing import EfficientRoutingAttention
 
 TESTER = TESTERS["efficient_routing"]
@@ -346,9 +347,31 @@ def test_one_cluster_covering_the_input_is_full_attention(style):
     assert (routed[real] - exact[real]).abs().max() > 1e-3
 
 
-def test_config_refuses_a_head_split_across_key_value_heads_and_bad_lists():
-    with pytest.raises(ValueError, match="multiple of the 2 query heads"):
-        config("llama", num_routing_heads=1)
+@pytest.mark.parametrize("routing_heads", [1, 3])
+def test_a_split_inside_a_key_value_group_is_exact_in_every_path(routing_heads):
+    """Llama style, 2 query heads per key/value head: 1 or 3 routing heads split a group. The blocked path equals the
+    reference, and cached decoding equals the full pass."""
+    torch.manual_seed(0)
+    model = EfficientRoutingForCausalLM(config("llama", num_routing_heads=routing_heads)).eval()
+    inputs = TESTER.inputs(model.config)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        outputs = {}
+        for backend in ("reference", "blocked"):
+            model.config.attention_backend = backend
+            outputs[backend] = model(**inputs, use_cache=False).logits
+        torch.testing.assert_close(outputs["blocked"][real], outputs["reference"][real], rtol=1e-5, atol=1e-5)
+        ids = inputs["input_ids"][:1]
+        step = model(input_ids=ids[:, :6], use_cache=True)
+        cache, logits = returned_cache(step), [step.logits]
+        for position in range(6, ids.shape[1]):
+            step = model(input_ids=ids[:, position:position + 1], cache=cache, use_cache=True)
+            cache = returned_cache(step)
+            logits.append(step.logits)
+        torch.testing.assert_close(torch.cat(logits, dim=1), outputs["blocked"][:1], rtol=1e-5, atol=1e-5)
+
+
+def test_config_refuses_bad_head_counts():
     with pytest.raises(ValueError, match="one value per layer"):
         config(num_routing_heads=[2, 2, 2])
     with pytest.raises(ValueError, match=r"num_routing_heads\[1\]=9"):

@@ -120,8 +120,9 @@ def routing_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 
 class PerHeadKeys:
-    """Stands in for the attention module in `EfficientAttention.attend` when the keys/values are already one per
-    query head (gathered per routing head), so the interface must not repeat them for grouped-query attention."""
+    """Stands in for the attention module where the keys/values are already one per query head (gathered per routing
+    head, or a local/routing split inside a key/value group), so that `attend` does not repeat them for
+    grouped-query attention."""
 
     num_key_value_groups = 1
 
@@ -130,6 +131,14 @@ class PerHeadKeys:
 
     def __getattr__(self, name: str):
         return getattr(self.attention, name)
+
+    def attend(self, *args, **kwargs):
+        return EfficientAttention.attend(self, *args, **kwargs)
+
+
+def per_head_keys(attention: EfficientAttention) -> EfficientAttention | PerHeadKeys:
+    """The module to attend through with keys/values one per query head."""
+    return attention if attention.num_key_value_groups == 1 else PerHeadKeys(attention)
 
 
 def gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -205,8 +214,7 @@ def causal_blocked(attention: EfficientAttention, query: torch.Tensor, key: torc
 def attend_per_head(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     keep: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`attention.attend` on keys/values already one per query head: ((batch, q, heads, d), weights or None)."""
-    owner = attention if attention.num_key_value_groups == 1 else PerHeadKeys(attention)
-    return EfficientAttention.attend(owner, query, key, value, keep, need_weights=need_weights)
+    return per_head_keys(attention).attend(query, key, value, keep, need_weights=need_weights)
 
 
 def centroid_statistics(vectors: torch.Tensor, centroids: torch.Tensor,

@@ -9,8 +9,8 @@ class EfficientRoutingConfig(EfficientConfig):
 
     num_routing_heads: how many of each layer's heads route by online k-means (the last ones; the others are local
         heads). An int for every layer or one entry per layer (0: a local-only layer, as the paper's
-        `sparsity_skip_first`); None = half the heads (the paper: 4 local + 4 routing, 8 + 8). It must split the heads
-        on key/value-head boundaries (a multiple of num_attention_heads / num_key_value_heads).
+        `sparsity_skip_first`); None = half the heads, rounded down (the paper: 4 local + 4 routing, 8 + 8). With
+        grouped key/value heads, a split inside a group gives its heads their own copies of the shared keys/values.
     local_window: how far a local head reaches: a token sees the tokens at most this many positions away (earlier
         ones only when causal). The paper's local blocks: 256.
     num_clusters: k, the k-means centroids of each layer, shared by its routing heads (the paper: 16 at 8K tokens,
@@ -37,16 +37,11 @@ class EfficientRoutingConfig(EfficientConfig):
         heads = self.num_routing_heads
         if heads is None:
             heads = self.num_attention_heads // 2
-        groups = self.num_attention_heads // (self.num_key_value_heads or self.num_attention_heads)
         heads = self.per_layer(heads, "num_routing_heads")
         for layer, count in enumerate(heads):
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= self.num_attention_heads:
                 raise ValueError(f"num_routing_heads[{layer}]={count!r}: use an integer in [0, num_attention_heads="
                                  f"{self.num_attention_heads}] (the paper routes half the heads).")
-            if count % groups:
-                raise ValueError(f"num_routing_heads[{layer}]={count} must be a multiple of the {groups} query heads "
-                                 "that share a key/value head, so that local and routing heads split on key/value "
-                                 "heads.")
         self.num_routing_heads = heads
         for name, paper in (("local_window", 256), ("num_clusters", 16), ("routing_window", 512)):
             value = getattr(self, name)

@@ -13,6 +13,7 @@ from ...attention.routing import (
     centroid_statistics,
     draw_centroids,
     moved_centroids,
+    per_head_keys,
     routing_blocked,
     routing_reference,
     routing_vectors,
@@ -126,25 +127,26 @@ class EfficientRoutingAttention(EfficientAttention):
             raise ValueError(f"attention_backend={backend!r}: EfficientRouting has the paths 'auto', 'reference', "
                              "'blocked' and 'flex' (FlexAttention for the local heads on CUDA).")
         local, groups = self.num_local_heads, self.num_key_value_groups
+        key_heads, value_heads = repeat_kv(key, groups), repeat_kv(value, groups)  # one per query head (views)
         outputs, weights = [], []
         if local:
-            kv = local // groups  # the local heads' key/value heads
-            q, k, v = query[:, :local], key[:, :kv], value[:, :kv]
+            q = query[:, :local]
+            owner, k, v = self.local_keys(key, value, key_heads, value_heads)
             if backend == "reference":
                 attended, local_weights = sliding_window_reference(
-                    q, repeat_kv(k, groups), repeat_kv(v, groups), None, None, None, keep, None, self.local_window,
+                    q, key_heads[:, :local], value_heads[:, :local], None, None, None, keep, None, self.local_window,
                     1, self.is_causal, self.scaling)
                 weights.append(local_weights)
             elif backend == "flex":
                 attended = sliding_window_flex(q, k, v, self.local_block_mask(query, keep, shared_state), self.scaling)
             else:
-                attended = sliding_window_blocked(self, q, k, v, keep, None, None, None, self.local_window, 1,
+                attended = sliding_window_blocked(owner, q, k, v, keep, None, None, None, self.local_window, 1,
                                                   self.is_causal)
             outputs.append(attended)
         clusters = key.new_zeros(key.shape[0], 0, key.shape[2], dtype=torch.long)  # no routing heads: no clusters
         if self.num_routing_heads:
             q = query[:, local:]
-            k, v = repeat_kv(key, groups)[:, local:], repeat_kv(value, groups)[:, local:]
+            k, v = key_heads[:, local:], value_heads[:, local:]
             centroids, moves = self.pass_centroids(shared_state)
             vectors = routing_vectors(q, k)
             if self.is_causal:
@@ -179,13 +181,14 @@ class EfficientRoutingAttention(EfficientAttention):
         query_positions, key_positions = torch.arange(past, total, device=device), torch.arange(total, device=device)
         local, groups = self.num_local_heads, self.num_key_value_groups
         outputs, weights = [], []
+        key_heads, value_heads = repeat_kv(keys, groups), repeat_kv(values, groups)
         if local:
             band = band_keep(query_positions, key_positions, self.local_window, 1, True)[None, None]
             if key_keep is not None:
                 band = band & key_keep[:, None, None, :]
             band = band | (query_positions[:, None] == key_positions[None, :])
-            attended, local_weights = self.attend(query[:, :local], keys[:, :local // groups],
-                                                  values[:, :local // groups], band, need_weights=output_attentions)
+            owner, k, v = self.local_keys(keys, values, key_heads, value_heads)
+            attended, local_weights = owner.attend(query[:, :local], k, v, band, need_weights=output_attentions)
             outputs.append(attended)
             weights.append(local_weights)
         clusters = state.clusters
@@ -194,9 +197,8 @@ class EfficientRoutingAttention(EfficientAttention):
             vectors = routing_vectors(query[:, local:], repeat_kv(key, groups)[:, local:])
             clusters = torch.cat([clusters, causal_clusters(vectors, centroids, new_keep)], dim=2)
             pairs = causal_routing_keep(clusters, self.routing_window, self.num_clusters, query_start=past)
-            attended, routing_weights = attend_per_head(self, query[:, local:], repeat_kv(keys, groups)[:, local:],
-                                                        repeat_kv(values, groups)[:, local:], pairs,
-                                                        need_weights=output_attentions)
+            attended, routing_weights = attend_per_head(self, query[:, local:], key_heads[:, local:],
+                                                        value_heads[:, local:], pairs, need_weights=output_attentions)
             outputs.append(attended)
             weights.append(routing_weights)
             if moves:
@@ -206,6 +208,14 @@ class EfficientRoutingAttention(EfficientAttention):
         if new_keep is not None:
             attended = attended * new_keep[:, :, None, None].to(attended.dtype)
         return self.merge_heads(attended), (torch.cat(weights, dim=1) if output_attentions else None)
+
+    def local_keys(self, key, value, key_heads, value_heads):
+        """The local heads' keys/values and the module to attend through: whole key/value heads when the local heads
+        fill whole groups (the interface shares them), else one per query head."""
+        local, groups = self.num_local_heads, self.num_key_value_groups
+        if local % groups == 0:
+            return self, key[:, :local // groups], value[:, :local // groups]
+        return per_head_keys(self), key_heads[:, :local], value_heads[:, :local]
 
     def local_block_mask(self, query: torch.Tensor, keep: torch.Tensor | None, shared_state: dict):
         """The local heads' FlexAttention BlockMask, built once per forward on the length's shape bucket."""
