@@ -81,12 +81,13 @@ def naive_routing(query, key, value, centroids, keep, window, causal, scaling):
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("groups", [1, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("window", [4, 7, 40])
-def test_reference_and_blocked_paths_equal_the_naive_rule(causal, groups, window):
-    """Random q/k/v and centroids, padding on both sides, clusters larger and smaller than the window; the blocked
-    path runs through the attention interface (grouped-query attention: keys already one per query head)."""
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_reference_and_blocked_paths_equal_the_naive_rule(causal, groups, window, padded):
+    """Random q/k/v and centroids, padding on both sides (or no mask), clusters larger and smaller than the window;
+    the blocked path runs through the attention interface (grouped-query attention: keys one per query head)."""
     torch.manual_seed(0)
     query, key, value = random_qkv(batch=3, heads=4, length=23, dim=8)
-    keep = padding_keep(3, 23)
+    keep = padding_keep(3, 23) if padded else None
     centroids = F.normalize(torch.randn(3, 8), dim=-1)
     scaling = 8**-0.5
     vectors = routing_vectors(query, key)
@@ -97,6 +98,7 @@ def test_reference_and_blocked_paths_equal_the_naive_rule(causal, groups, window
                                                  attention_backend="blocked"), 0)
     assert attention.num_key_value_groups == groups
     blocked = routing_blocked(attention, query, key, value, routing, keep, window, causal)
+    keep = torch.ones(3, 23, dtype=torch.bool) if keep is None else keep
     real = keep[:, :, None, None]
     torch.testing.assert_close(reference * real, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(blocked * real, expected, rtol=1e-5, atol=1e-6)

@@ -156,16 +156,18 @@ def routing_blocked(attention: EfficientAttention, query: torch.Tensor, key: tor
     batch, heads, length, dim = query.shape
     members = routing  # (batch, heads, k, w)
     clusters, size = members.shape[2:]
-    real = torch.ones(batch, length, dtype=torch.bool, device=query.device) if keep is None else keep
-    member_real = real[:, None, :].expand(batch, heads, length).gather(2, members.reshape(batch, heads, -1))
-    mask = member_real.view(batch, heads, clusters, 1, size) | torch.eye(size, dtype=torch.bool, device=query.device)
 
     def fold(x: torch.Tensor) -> torch.Tensor:
         # (batch, heads, k, w, ...) -> (batch * k, heads, w, ...)
         return x.transpose(1, 2).reshape(batch * clusters, heads, *x.shape[3:])
 
+    mask = None  # without padding every member is a real token: no mask (sdpa's fused kernels)
+    if keep is not None:  # padding keys masked (a padding query keeps itself, so no row is empty)
+        member_real = keep[:, None, :].expand(batch, heads, length).gather(2, members.reshape(batch, heads, -1))
+        eye = torch.eye(size, dtype=torch.bool, device=query.device)
+        mask = fold(member_real.view(batch, heads, clusters, 1, size) | eye)
     q, k, v = (fold(gather_tokens(x, members)) for x in (query, key, value))
-    attended, _ = attend_per_head(attention, q, k, v, fold(mask))  # (batch * k, w, heads, d)
+    attended, _ = attend_per_head(attention, q, k, v, mask)  # (batch * k, w, heads, d)
     attended = attended.view(batch, clusters, size, heads, dim).permute(0, 3, 1, 2, 4).reshape(batch, heads, -1, dim)
     index = members.reshape(batch, heads, -1)
     total = query.new_zeros(batch, heads, length, dim).scatter_add(2, index[..., None].expand(-1, -1, -1, dim),
