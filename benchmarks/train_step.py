@@ -436,8 +436,8 @@ def build_routing_transformer(length: int, setup: Setup) -> nn.Module:
     sizes, knobs = setup.sizes, setup.knobs
     return RoutingTransformerPeer(RoutingTransformerLM(
         num_tokens=sizes.vocab, dim=sizes.hidden, depth=sizes.layers, max_seq_len=length, heads=sizes.heads,
-        window_size=knobs.routing_window, local_attn_window_size=knobs.routing_local, causal=setup.causal,
-        ff_mult=sizes.intermediate // sizes.hidden, n_local_attn_heads=sizes.heads // 2))
+        dim_head=sizes.head_dim, window_size=knobs.routing_window, local_attn_window_size=knobs.routing_local,
+        causal=setup.causal, ff_mult=sizes.intermediate // sizes.hidden, n_local_attn_heads=sizes.heads // 2))
 
 
 def import_failure(module: str, needs_cuda: bool = False) -> Callable[[Setup], str | None]:
