@@ -464,3 +464,18 @@ def test_centroids_stay_float32_in_a_bfloat16_model(tmp_path):
     loaded = EfficientRoutingModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert loaded.layers[0].self_attn.centroids.dtype == torch.float32
     assert torch.equal(loaded.layers[0].self_attn.centroids, model.layers[0].self_attn.centroids)
+
+
+def test_a_decoding_step_returns_the_full_pass_weights():
+    """output_attentions in a cached step (the local heads read only the keys within their reach): the weights of the
+    full pass's row, over every key."""
+    torch.manual_seed(0)
+    model = EfficientRoutingForCausalLM(config("gpt2")).eval()
+    ids = TESTER.inputs(model.config, batch=1, padded=False)["input_ids"]
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False, output_attentions=True).attentions
+        step = model(input_ids=ids[:, :20], use_cache=True)
+        step = model(input_ids=ids[:, 20:21], cache=returned_cache(step), use_cache=True, output_attentions=True)
+    for ours, reference in zip(step.attentions, full, strict=True):
+        torch.testing.assert_close(ours[:, :, 0], reference[:, :, 20, :21], rtol=1e-5, atol=1e-6)
+        assert (reference[:, 0, 20, :21] == 0).any(), "the local head's reach (5) leaves earlier keys out"

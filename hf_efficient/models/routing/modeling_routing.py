@@ -1,6 +1,7 @@
 """EfficientRouting: the backbone with the Routing Transformer's mix of local and k-means routing heads."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
@@ -58,7 +59,8 @@ class EfficientRoutingAttention(EfficientAttention):
     recomputation of the layer reuses the centroids of the first pass (kept in the forward's `shared_state`) and does
     not move them again. Eval mode never changes them. With gradient accumulation they move once per micro-batch.
     Padding rows of the output are zero. Cached decoding (causal): a `RoutingCache` keeps every past key/value and
-    each routing head's past clusters; a new token costs O(N d) (its cluster's w keys are picked by a mask).
+    each routing head's past clusters; a new token costs O(w_local d) in a local head and O(N d) in a routing head
+    (its cluster's w most recent keys are picked by a mask over the past).
     """
 
     supports_cache = True
@@ -127,7 +129,7 @@ class EfficientRoutingAttention(EfficientAttention):
             raise ValueError(f"attention_backend={backend!r}: EfficientRouting has the paths 'auto', 'reference', "
                              "'blocked' and 'flex' (FlexAttention for the local heads on CUDA).")
         local, groups = self.num_local_heads, self.num_key_value_groups
-        key_heads, value_heads = repeat_kv(key, groups), repeat_kv(value, groups)  # one per query head (views)
+        key_heads, value_heads = repeat_kv(key, groups), repeat_kv(value, groups)  # one per query head
         outputs, weights = [], []
         if local:
             q = query[:, :local]
@@ -182,13 +184,17 @@ class EfficientRoutingAttention(EfficientAttention):
         local, groups = self.num_local_heads, self.num_key_value_groups
         outputs, weights = [], []
         key_heads, value_heads = repeat_kv(keys, groups), repeat_kv(values, groups)
-        if local:
-            band = band_keep(query_positions, key_positions, self.local_window, 1, True)[None, None]
+        if local:  # the keys within local_window of the new queries
+            start = max(0, past - self.local_window)
+            band = band_keep(query_positions, key_positions[start:], self.local_window, 1, True)[None, None]
             if key_keep is not None:
-                band = band & key_keep[:, None, None, :]
-            band = band | (query_positions[:, None] == key_positions[None, :])
-            owner, k, v = self.local_keys(keys, values, key_heads, value_heads)
+                band = band & key_keep[:, None, None, start:]
+            band = band | (query_positions[:, None] == key_positions[None, start:])
+            owner, k, v = self.local_keys(keys[:, :, start:], values[:, :, start:], key_heads[:, :, start:],
+                                          value_heads[:, :, start:])
             attended, local_weights = owner.attend(query[:, :local], k, v, band, need_weights=output_attentions)
+            if output_attentions:  # the weights over every key
+                local_weights = F.pad(local_weights, (start, 0))
             outputs.append(attended)
             weights.append(local_weights)
         clusters = state.clusters
