@@ -46,6 +46,14 @@ PICTURES = [
                              "lsh_attn_chunk_length=32", "num_buckets=8", "num_hashes=2"],
      "Reformer LSH layer (layer 1), causal, 2 hash rounds of 8 buckets: each query sees the 32 most recent earlier "
      "tokens of its bucket in either round"),
+    ("routing", ["routing", "--support", "--layer", "0", "--heads", "0", "2", "local_window=16", "num_clusters=4",
+                 "routing_window=64"],
+     "head 0 local (16 positions each side); head 2 routing, bidirectional: 4 centroids each take their 64 nearest "
+     "tokens (balanced top-k), a token attends within every cluster that took it (itself alone if none)"),
+    ("routing_causal", ["routing", "--support", "--causal", "--layer", "0", "--heads", "0", "2", "local_window=16",
+                        "num_clusters=4", "routing_window=64"],
+     "causal: head 0 local (the previous 16 positions); head 2 routing: each token in its nearest of 4 clusters, "
+     "seeing the 64 most recent tokens of that cluster up to itself"),
     ("linformer", ["linformer", "--layer", "0", "--heads", "0", "projected_length=64"],
      "intensity: 256 queries (rows) x the k = 64 projected keys (columns; each mixes every position, not a "
      "token): every pair has weight > 0"),

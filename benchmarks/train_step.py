@@ -106,11 +106,13 @@ class Knobs:
     compressed_block: int = 256  # Memory-compressed local block (compression 3)
     reformer_chunk: int = 64  # Reformer local and LSH chunk length
     sinkhorn_block: int = 64  # Sparse Sinkhorn block size (own block + one sorted block per query block)
+    routing_local: int = 256  # Routing Transformer local heads' reach (the paper's local blocks)
+    routing_window: int = 512  # Routing Transformer cluster size w; N / w clusters (the paper's *_local_cluster*)
 
 
 PAPER_KNOBS = Knobs()
 TINY_KNOBS = Knobs(window=64, block=16, projected_length=64, local_size=16, num_summary=4, compressed_block=64,
-                   reformer_chunk=32, sinkhorn_block=16)
+                   reformer_chunk=32, sinkhorn_block=16, routing_local=32, routing_window=64)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,11 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                                                    "reversible": True, "norm_position": "pre",
                                                    "tie_word_embeddings": False},
                             "local/LSH layers, chunk {k.reformer_chunk}, 2 hashes, reversible residuals"),
+    # knobs of (knobs, length): the number of clusters follows the length
+    "routing": ("routing", lambda k, n: {"local_window": k.routing_local, "routing_window": k.routing_window,
+                                         "num_clusters": max(1, n // k.routing_window)},
+                "half the heads local over {k.routing_local}, half routing over clusters of {k.routing_window}, N / "
+                "{k.routing_window} centroids"),
 }
 
 
@@ -177,7 +184,8 @@ def our_config(name: str, length: int, setup: Setup, overrides: dict | None = No
     variant, knobs, _ = OUR_VARIANTS[name]
     entry = hf_efficient.VARIANTS[f"efficient_{variant}"]
     causal = {"is_causal": True} if setup.causal else {}
-    config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knobs(setup.knobs), **causal,
+    knob_values = knobs(setup.knobs, length) if len(inspect.signature(knobs).parameters) == 2 else knobs(setup.knobs)
+    config = entry.config(**backbone(setup.sizes, length), use_pooler=False, **knob_values, **causal,
                           **(overrides or {}))
     config._attn_implementation = "sdpa"  # our blocked paths call transformers' attention interface
     return config
@@ -438,6 +446,30 @@ def build_sinkhorn_transformer(length: int, setup: Setup) -> nn.Module:
                                  use_simple_sort_net=not causal)
 
 
+class RoutingTransformerPeer(nn.Module):
+    """routing-transformer's LM returns (logits, commitment loss); the step takes the logits (its k-means means are
+    updated by the package's own backward hook)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)[0]
+
+
+def build_routing_transformer(length: int, setup: Setup) -> nn.Module:
+    """lucidrains' RoutingTransformerLM with our row's split: half the heads local (reach routing_local), half
+    routing over clusters of routing_window (it derives N / window clusters itself); causal in --causal runs."""
+    from routing_transformer import RoutingTransformerLM
+
+    sizes, knobs = setup.sizes, setup.knobs
+    return RoutingTransformerPeer(RoutingTransformerLM(
+        num_tokens=sizes.vocab, dim=sizes.hidden, depth=sizes.layers, max_seq_len=length, heads=sizes.heads,
+        dim_head=sizes.head_dim, window_size=knobs.routing_window, local_attn_window_size=knobs.routing_local,
+        causal=setup.causal, ff_mult=sizes.intermediate // sizes.hidden, n_local_attn_heads=sizes.heads // 2))
+
+
 def import_failure(module: str, needs_cuda: bool = False) -> Callable[[Setup], str | None]:
     """The reason a peer can't run here ('not installed: ...'), or None."""
 
@@ -475,6 +507,10 @@ SPECS = {spec.name: spec for spec in [
               build_linformer_pytorch, import_failure("linformer")),
     ModelSpec("fast_transformers", "peers", lambda k: "fast-transformers linear attention encoder",
               build_fast_transformers, import_failure("fast_transformers.builders"), fast_transformers_note),
+    ModelSpec("routing_transformer", "peers",
+              lambda k: f"routing-transformer RoutingTransformerLM (half the heads local, clusters of "
+                        f"{k.routing_window})", build_routing_transformer, import_failure("routing_transformer"),
+              modes=("masked", "causal")),
     ModelSpec("fla_linear_attention", "peers", lambda k: "fla LinearAttention (causal, chunk kernel)",
               build_fla_linear_attention, import_failure("fla.layers", needs_cuda=True), modes=("masked", "causal")),
     ModelSpec("sinkhorn_transformer", "peers",
@@ -484,7 +520,7 @@ SPECS = {spec.name: spec for spec in [
 GROUPS = {group: [name for name, spec in SPECS.items() if spec.group == group]
           for group in ("ours", "anchors", "peers")}
 PEER_PACKAGES = ["performer-pytorch", "linformer", "pytorch-fast-transformers", "flash-linear-attention", "fla-core",
-                 "local-attention", "einops", "sinkhorn-transformer"]
+                 "local-attention", "einops", "sinkhorn-transformer", "routing-transformer"]
 
 
 # ---------------------------------------------------------------- one step, one case
@@ -580,8 +616,12 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     results = {}
     training = model.training
     model.eval()
+    # both passes from the same buffers: a training forward may move running statistics (routing centroids)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     with torch.no_grad():
         for backend in (fast, other):
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
             model.config.attention_backend = backend
             torch.manual_seed(0)  # the same draws for both paths (Sinkhorn's Gumbel noise in training)
             logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits

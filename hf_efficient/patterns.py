@@ -39,8 +39,8 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
     model_type = variant_or_path if variant_or_path.startswith("efficient_") else f"efficient_{variant_or_path}"
     if model_type in VARIANTS:
         fields = {**SMALL, "max_position_embeddings": max(length, 512), **knobs}
-        with torch.random.fork_rng():  # the same random weights every time (content-based patterns depend on them)
-            torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]):  # the same weights every time (content-based patterns depend on
+            torch.manual_seed(0)  # them), without touching the caller's random state
             return VARIANTS[model_type].model(VARIANTS[model_type].config(**fields)).eval()
     if Path(variant_or_path).exists():
         return AutoModel.from_pretrained(variant_or_path, **knobs).eval()

@@ -21,6 +21,8 @@ from hf_efficient import (
     EfficientLongformerModel,
     EfficientPerformerConfig,
     EfficientPerformerModel,
+    EfficientRoutingConfig,
+    EfficientRoutingModel,
     EfficientSparseTransformerConfig,
 )
 from hf_efficient.attention import block_sparse, compiled, factorized, sliding_window
@@ -45,6 +47,14 @@ VARIANTS = {
                                   dict(attention_window=16, attention_dilation=3, is_causal=True, use_cache=False),
                                   True),
     "bigbird": (EfficientBigBirdModel, EfficientBigBirdConfig, dict(block_size=16, num_random_blocks=2), True),
+    # one local head (flex) and one routing head (batched sdpa over gathered clusters, unbucketed: no compile); fixed
+    # centroids, since passes in training mode are compared (tests/test_routing.py runs the k-means step on GPU)
+    "routing": (EfficientRoutingModel, EfficientRoutingConfig,
+                dict(num_routing_heads=1, local_window=16, num_clusters=4, routing_window=32, centroid_decay=1.0),
+                False),
+    "routing_causal": (EfficientRoutingModel, EfficientRoutingConfig,
+                       dict(num_routing_heads=1, local_window=16, num_clusters=4, routing_window=32, centroid_decay=1.0,
+                            is_causal=True), False),
 }
 
 

@@ -25,6 +25,7 @@ KNOBS = {
     "sparse_transformer": ["local_size=8", "num_summary=2"],
     "linformer": ["projected_length=16"],
     "memory_compressed": ["block_size=16", "compression_factor=4"],
+    "routing": ["local_window=4", "num_clusters=4", "routing_window=12"],
 }
 CAUSAL_VARIANTS = sorted(name.removeprefix("efficient_") for name, v in VARIANTS.items()
                          if v.model.attention_class.supports_causal)
@@ -203,7 +204,7 @@ def test_bigbird_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("variant", sorted(set(CAUSAL_VARIANTS) - {"longformer", "sparse_transformer",
-                                                                    "memory_compressed", "reformer"}))
+                                                                    "memory_compressed", "reformer", "routing"}))
 def test_causal_dense_variants_light_exactly_the_lower_triangle(tmp_path, variant):
     """Kernel methods (implied weights phi(q) phi(k)^T, normalised) and the other dense causal mechanisms: every
     earlier key has weight > 0, no later one."""

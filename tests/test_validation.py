@@ -148,6 +148,7 @@ SEEDED_CASES = {
                                                          mixture_weights=None, random_trainable=False)),
     "synthesizer-trainable": ("efficient_synthesizer", dict(synthesizer_type="random+factorized_random",
                                                              mixture_weights=None)),
+    "routing": ("efficient_routing", {}),
 }
 
 
