@@ -35,7 +35,10 @@ def pack_documents(documents: list[str], tokenizer, length: int, causal: bool):
     """A `datasets.Dataset` with one `input_ids` column of `length` tokens per row: the documents tokenized,
     concatenated with a separator between them, cut into consecutive blocks (each framed by [CLS]/[SEP] for an
     encoder); the last partial block is dropped."""
-    from datasets import Dataset  # lazily: see the module docstring
+    try:
+        from datasets import Dataset  # lazily: see the module docstring
+    except ImportError as error:
+        raise ImportError("Packing training data needs the datasets library: `pip install datasets`.") from error
 
     prefix, suffix, separator = special_ids(tokenizer, causal)
     inner = length - len(prefix) - len(suffix)

@@ -90,18 +90,52 @@ def train_only(model, names: list[str]) -> None:
         parameter.requires_grad_(name in names)
 
 
-def trainer_for(model, dataset, collator, out: Path, steps: int, learning_rate: float, options: PretrainOptions,
-                callbacks=()):
-    from transformers import Trainer, TrainingArguments
+def masking_trainer_class():
+    """A Trainer that masks each masked-LM batch in `training_step`, from a generator seeded by (seed, optimizer
+    step, micro-batch) instead of the collator's draw from the global RNG: Trainer collates batches ahead and, after
+    a resume, before it restores its RNG state, so collator masks of a resumed run differ from an uninterrupted one's.
+    The masking itself is DataCollatorForLanguageModeling's (15%; 80% [MASK], 10% random, 10% kept)."""
+    from transformers import Trainer
 
+    class MaskingTrainer(Trainer):
+        def __init__(self, *args, masking=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.masking, self.micro_batch = masking, (-1, 0)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            step = self.state.global_step
+            micro = self.micro_batch[1] + 1 if self.micro_batch[0] == step else 0
+            self.micro_batch = (step, micro)
+            ids = inputs["input_ids"]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.args.seed * 1_000_003 + step * 1_009 + micro) % 2**63)
+                masked, labels = self.masking.torch_mask_tokens(ids.cpu())
+            inputs = {**inputs, "input_ids": masked.to(ids.device), "labels": labels.to(ids.device)}
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return MaskingTrainer
+
+
+def trainer_for(model, dataset, tokenizer, causal: bool, out: Path, steps: int, learning_rate: float,
+                options: PretrainOptions, callbacks=()):
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, default_data_collator
+
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.gradient_accumulation, learning_rate=learning_rate,
         warmup_steps=options.warmup_steps, bf16=options.bf16, save_steps=options.save_steps, save_total_limit=2,
         logging_steps=max(1, min(50, steps // 10)), report_to=[], seed=options.seed, data_seed=options.seed,
-        gradient_checkpointing=options.gradient_checkpointing, remove_unused_columns=False,
+        remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
     )
-    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks))
+    if causal:
+        dataset = dataset.map(lambda rows: {"labels": rows["input_ids"]}, batched=True)
+        return Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                       callbacks=list(callbacks))
+    masking = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+    return masking_trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                                   callbacks=list(callbacks), masking=masking)
 
 
 def run_phase(trainer, out: Path, steps: int, resume: bool) -> bool:
@@ -118,14 +152,6 @@ def run_phase(trainer, out: Path, steps: int, resume: bool) -> bool:
     return True
 
 
-def collator_for(tokenizer, causal: bool):
-    from transformers import DataCollatorForLanguageModeling, default_data_collator
-
-    if causal:
-        return lambda rows: default_data_collator([{**row, "labels": row["input_ids"]} for row in rows])
-    return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
-
-
 def warm_up_head(model, tokenizer, documents, out: Path, options: PretrainOptions, resume: bool, callbacks) -> bool:
     """Phase 1 (see the module docstring); the trained head is copied into `model` and kept in out/head.safetensors
     (a later run with resume skips the phase)."""
@@ -139,7 +165,7 @@ def warm_up_head(model, tokenizer, documents, out: Path, options: PretrainOption
     twin = full_attention_twin(model, options.source_length) or model
     train_only(twin, names)
     dataset = pack_documents(documents, tokenizer, options.source_length, causal=False)
-    trainer = trainer_for(twin, dataset, collator_for(tokenizer, False), out / "warmup", options.head_steps,
+    trainer = trainer_for(twin, dataset, tokenizer, False, out / "warmup", options.head_steps,
                           options.head_learning_rate, options, callbacks)
     if not run_phase(trainer, out / "warmup", options.head_steps, resume):
         return False
@@ -152,7 +178,11 @@ def warm_up_head(model, tokenizer, documents, out: Path, options: PretrainOption
 def add_lora(model, rank: int):
     """PEFT LoRA on the attention projections; the attention's other trainable modules, a learned position table
     and the masked-LM head's transform train in full."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("LoRA training needs PEFT: `pip install peft`, or train every parameter (lora_rank 0).") \
+            from error
 
     in_full = [*lora_modules_to_save(model), "embed_positions"]
     head = masked_lm_head_parameters(model) if not model.config.is_causal else []
@@ -183,6 +213,26 @@ def merge_lora(wrapped) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     return model, factors
 
 
+def check_options(options: PretrainOptions, model, causal: bool, out: Path, resume: bool) -> None:
+    """ValueErrors, before any work, for options that can't run."""
+    limit = model.config.max_position_embeddings
+    if not 2 <= options.length <= limit:
+        raise ValueError(f"length {options.length}: give 2 to {limit} (the model's positions).")
+    if not 2 <= options.source_length <= limit:
+        raise ValueError(f"source_length {options.source_length}: give 2 to {limit} (the model's positions).")
+    for name in ("steps", "batch_size", "gradient_accumulation", "save_steps", "eval_tokens"):
+        if getattr(options, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(options, name)}.")
+    if options.head_steps < 0 or options.lora_rank < 0:
+        raise ValueError("head_steps and lora_rank must be 0 or more.")
+    if options.head_steps and causal:
+        raise ValueError("head_steps warms up a masked-LM head; this model is causal and keeps its own LM head.")
+    if not options.eval_lengths or min(options.eval_lengths) < 2:
+        raise ValueError(f"eval_lengths {options.eval_lengths}: give lengths of at least 2 tokens.")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ValueError(f"{out} exists and is not empty: pass resume to continue its training, or another out.")
+
+
 def pretrain(model_folder: str | Path, out: str | Path, options: PretrainOptions | None = None,
              documents: list[str] | None = None, resume: bool = False, callbacks=()) -> dict | None:
     """The recipe (module docstring). `documents` replaces the named text sources. Returns the results written to
@@ -192,6 +242,7 @@ def pretrain(model_folder: str | Path, out: str | Path, options: PretrainOptions
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model, causal = load_model(model_folder)
+    check_options(options, model, causal, out, resume)
     documents = load_documents(options.sources) if documents is None else documents
     train_documents, held_out = split_documents(documents, options.held_out_fraction, options.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,8 +264,8 @@ def pretrain(model_folder: str | Path, out: str | Path, options: PretrainOptions
         model.get_input_embeddings().weight.requires_grad_(False)
     trained = add_lora(model, options.lora_rank) if options.lora_rank else model
     dataset = pack_documents(train_documents, tokenizer, options.length, causal)
-    trainer = trainer_for(trained, dataset, collator_for(tokenizer, causal), out / "train", options.steps,
-                          options.learning_rate, options, callbacks)
+    trainer = trainer_for(trained, dataset, tokenizer, causal, out / "train", options.steps, options.learning_rate,
+                          options, callbacks)
     if not run_phase(trainer, out / "train", options.steps, resume):
         return None
     final = out / "model"

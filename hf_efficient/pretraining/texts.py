@@ -59,7 +59,7 @@ def webster(path: Path = GCIDE) -> list[str]:
     documents, current, size = [], [], 0
     for entry in entries:
         current.append(entry)
-        size += len(entry)
+        size += len(entry) + 2  # with the blank line joining it
         if size >= WEBSTER_DOCUMENT_CHARACTERS:
             documents.append("\n\n".join(current))
             current, size = [], 0
