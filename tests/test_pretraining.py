@@ -247,6 +247,7 @@ def test_cli_pretrain_refuses_bad_options_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.splitlines()[-1] == "error: length 4096: give 2 to 128 (the model's positions)."
     assert "Traceback" not in error
-    assert main(["pretrain", str(folder), "--out", str(tmp_path / "run"), "--sources", "wiki", "--length", "32"]) == 2
+    assert main(["pretrain", str(folder), "--out", str(tmp_path / "run"), "--sources", "wiki", "--length", "32",
+                 "--source-length", "32"]) == 2
     assert "Unknown text sources ['wiki']" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model").exists()
