@@ -74,7 +74,8 @@ def masked_lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, context: int,
         window_labels = torch.cat([torch.tensor([-100]), labels[start:end], torch.tensor([-100])])[None]
         masked = int((window_labels != -100).sum())
         if masked:
-            total += model(input_ids=window_ids, labels=window_labels).loss.item() * masked
+            loss = model(input_ids=window_ids.to(model.device), labels=window_labels.to(model.device)).loss
+            total += loss.item() * masked
             count += masked
     return total / count
 
@@ -86,7 +87,7 @@ def causal_lm_loss(model, ids: torch.Tensor, context: int) -> float:
     for start, end in windows(len(ids), context):
         if end - start < 2:
             continue
-        window = ids[start:end][None]
+        window = ids[start:end][None].to(model.device)
         total += model(input_ids=window, labels=window, use_cache=False).loss.item() * (end - start - 1)
         count += end - start - 1
     return total / count

@@ -1,8 +1,26 @@
 """Training data of the pretraining recipe: documents split by document into train and held-out parts, then packed
 into blocks of the target length as a `datasets.Dataset` (imported lazily: the library is not needed to load or
-evaluate a model)."""
+evaluate a model; where it is not installed the blocks are served from a list, with a warning)."""
 
 import random
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class Blocks(torch.utils.data.Dataset):
+    """The packed blocks as {"input_ids": [...]} rows, where the datasets library is missing."""
+
+    def __init__(self, blocks: list[list[int]]):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.blocks[index]}
 
 
 def split_documents(documents: list[str], held_out_fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:
@@ -35,11 +53,6 @@ def pack_documents(documents: list[str], tokenizer, length: int, causal: bool):
     """A `datasets.Dataset` with one `input_ids` column of `length` tokens per row: the documents tokenized,
     concatenated with a separator between them, cut into consecutive blocks (each framed by [CLS]/[SEP] for an
     encoder); the last partial block is dropped."""
-    try:
-        from datasets import Dataset  # lazily: see the module docstring
-    except ImportError as error:
-        raise ImportError("Packing training data needs the datasets library: `pip install datasets`.") from error
-
     prefix, suffix, separator = special_ids(tokenizer, causal)
     inner = length - len(prefix) - len(suffix)
     if inner < 1:
@@ -51,4 +64,9 @@ def pack_documents(documents: list[str], tokenizer, length: int, causal: bool):
     if not blocks:
         raise ValueError(f"The documents give {len(stream)} tokens, fewer than one block of {length}: add text or "
                          "shorten the length.")
+    try:
+        from datasets import Dataset  # lazily: see the module docstring
+    except ImportError:
+        logger.warning("The datasets library is not installed (pip install datasets): serving the blocks from a list.")
+        return Blocks(blocks)
     return Dataset.from_dict({"input_ids": blocks})

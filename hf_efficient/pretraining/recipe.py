@@ -109,11 +109,19 @@ def masking_trainer_class():
             ids = inputs["input_ids"]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed((self.args.seed * 1_000_003 + step * 1_009 + micro) % 2**63)
-                masked, labels = self.masking.torch_mask_tokens(ids.cpu())
+                special = torch.isin(ids.cpu(), torch.tensor(self.masking.tokenizer.all_special_ids))
+                masked, labels = self.masking.torch_mask_tokens(ids.cpu(), special_tokens_mask=special)
             inputs = {**inputs, "input_ids": masked.to(ids.device), "labels": labels.to(ids.device)}
             return super().training_step(model, inputs, num_items_in_batch)
 
     return MaskingTrainer
+
+
+def with_labels(rows: list[dict]) -> dict:
+    """Causal-LM batches: the blocks as inputs and labels (the model shifts them)."""
+    from transformers import default_data_collator
+
+    return default_data_collator([{**row, "labels": row["input_ids"]} for row in rows])
 
 
 def trainer_for(model, dataset, tokenizer, causal: bool, out: Path, steps: int, learning_rate: float,
@@ -130,8 +138,7 @@ def trainer_for(model, dataset, tokenizer, causal: bool, out: Path, steps: int, 
         remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
     )
     if causal:
-        dataset = dataset.map(lambda rows: {"labels": rows["input_ids"]}, batched=True)
-        return Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+        return Trainer(model=model, args=args, train_dataset=dataset, data_collator=with_labels,
                        callbacks=list(callbacks))
     masking = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
     return masking_trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
@@ -247,8 +254,10 @@ def pretrain(model_folder: str | Path, out: str | Path, options: PretrainOptions
     train_documents, held_out = split_documents(documents, options.held_out_fraction, options.seed)
     out.mkdir(parents=True, exist_ok=True)
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
     def measure(m, lengths):
-        return evaluate_lm(m, held_out, lengths, tokenizer, options.eval_tokens)
+        return evaluate_lm(m.to(device), held_out, lengths, tokenizer, options.eval_tokens)
 
     if not causal and options.head_steps and not warm_up_head(model, tokenizer, train_documents, out, options,
                                                                resume, callbacks):
