@@ -9,7 +9,8 @@ outputs of the assembled model on a fixed input: the SHA-256 of their fp32 bytes
 recomputes the outputs and refuses a delta whose hash differs or outputs that differ from the recorded sample by
 more than OUTPUT_TOLERANCE (bit-identical outputs are not required: another CPU or torch build rounds differently),
 then writes the folder whole (output_folder.written_in_place_of). `make_delta` builds the delta and manifest from a
-trained folder (`hf-efficient pretrain`'s out/model).
+trained folder (`hf-efficient pretrain`'s out/model), with the checkpoint's model card (README.md of the folder it
+builds) from the results.json beside it.
 """
 
 import hashlib
@@ -142,7 +143,8 @@ def fixed_outputs(model, tokenizer) -> dict:
     of all of them, and a sample (each position's scores of the input's own token ids, or its first hidden features)."""
     if tokenizer is None:
         raise CheckpointError("The source has no tokenizer: a checkpoint needs one for its fixed input.")
-    ids = tokenizer(CHECK_TEXT.read_text(), add_special_tokens=False)["input_ids"][:FIXED_INPUT_TOKENS]
+    ids = tokenizer(CHECK_TEXT.read_text(), add_special_tokens=False, truncation=True,
+                    max_length=FIXED_INPUT_TOKENS)["input_ids"]
     ids = torch.tensor([ids])
     output = model.eval()(input_ids=ids)
     values = (output.logits if hasattr(output, "logits") else output.last_hidden_state)[0].float().contiguous()
@@ -241,4 +243,9 @@ def make_delta(trained_folder: str | Path, name: str, data: Path | None = None) 
     manifest = {"name": name, "recipe": recipe(checkpoint), "delta_sha256": sha256(raw), "delta_bytes": len(raw),
                 "tensors": len(delta), "outputs": outputs, "torch": torch.__version__}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    results = Path(trained_folder).parent / "results.json"  # pretrain's measurements beside its model/
+    if results.is_file():
+        from .pretraining.card import checkpoint_card
+
+        (folder / "README.md").write_text(checkpoint_card(name, json.loads(results.read_text())))
     return folder / "delta.safetensors"

@@ -342,17 +342,28 @@ def add_checkpoint(subparsers) -> None:
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the folder to this Hub repo")
     parser.add_argument("--make-delta", default=None, metavar="FOLDER",
                         help="instead: write the delta and manifest from a trained folder (pretrain's OUT/model)")
+    parser.add_argument("--card", default=None, metavar="DIR",
+                        help="with --make-delta: also write DIR/NAME.md from the run's results.json (e.g. model_cards)")
     parser.set_defaults(run=run_checkpoint)
 
 
 def run_checkpoint(args) -> int:
     from .checkpoints import make_delta, materialise
 
+    if args.card and not args.make_delta:
+        raise ConversionError("--card goes with --make-delta (the card is written from the trained run).")
     if args.make_delta:
         if args.out or args.push_to_hub:
             raise ConversionError("--make-delta writes the package's delta: give it without --out / --push-to-hub.")
         path = make_delta(args.make_delta, args.name)
         print(f"{path}: {path.stat().st_size / 2**20:.2f} MB; manifest beside it")
+        if args.card:
+            from .pretraining.card import write_checkpoint_card
+
+            results = Path(args.make_delta).parent / "results.json"
+            if not results.is_file():
+                raise ConversionError(f"--card writes the card from pretrain's {results}, which does not exist.")
+            print(f"model card: {write_checkpoint_card(args.name, results, args.card)}")
         return 0
     if not args.out:
         raise ConversionError("give --out DIR (the folder to write), or --make-delta FOLDER.")

@@ -54,7 +54,9 @@ def only_error_line(capsys) -> str:
 
 @pytest.mark.parametrize("run", ["full", "lora"])
 def test_round_trip_gives_the_trained_model_exactly(runs, tiny, tmp_path, run):
-    assert main(["checkpoint", "tiny", "--make-delta", str(runs / run / "model")]) == 0
+    cards = tmp_path / "cards"
+    assert main(["checkpoint", "tiny", "--make-delta", str(runs / run / "model"), "--card", str(cards)]) == 0
+    assert "# tiny" in (cards / "tiny.md").read_text()
     manifest = json.loads((tiny / "manifest.json").read_text())
     delta = load_file(tiny / "delta.safetensors")
     assert manifest["delta_sha256"] == checkpoints.sha256((tiny / "delta.safetensors").read_bytes())
@@ -66,6 +68,7 @@ def test_round_trip_gives_the_trained_model_exactly(runs, tiny, tmp_path, run):
         assert key in delta
     out = tmp_path / "built"
     assert main(["checkpoint", "tiny", "--out", str(out)]) == 0
+    assert "| after training | 32 |" in (out / "README.md").read_text()  # the card from the run's results.json
     ids = torch.randint(5, 99, (2, 100), generator=torch.Generator().manual_seed(0))
     assert torch.equal(logits(out, ids), logits(runs / run / "model", ids))
     assert AutoTokenizer.from_pretrained(out)("the cat")["input_ids"]
