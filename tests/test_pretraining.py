@@ -24,7 +24,7 @@ from hf_efficient.pretraining import (
     split_documents,
     texts,
 )
-from hf_efficient.pretraining.recipe import LORA_FACTORS, masked_lm_head_parameters, warm_up_head
+from hf_efficient.pretraining.recipe import LORA_FACTORS, masked_lm_head_parameters, source_equivalent, warm_up_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = CHECK_TEXT.read_text().split()
@@ -40,11 +40,11 @@ def tiny_encoder(folder, target="longformer", **knobs):
     return folder / "converted"
 
 
-def tiny_decoder(folder):
-    """A tiny Llama converted to a causal Longformer at 128 positions, with a WordPiece tokenizer ([SEP] as eos)."""
+def tiny_decoder(folder, target="longformer"):
+    """A tiny Llama converted to a causal `target` at 128 positions, with a WordPiece tokenizer ([SEP] as eos)."""
     save_tiny_source("llama", folder / "llama")
-    convert(str(folder / "llama"), "longformer", out=folder / "converted", max_length=128, check=False,
-            attention_window=8)
+    convert(str(folder / "llama"), target, out=folder / "converted", max_length=128, check=False,
+            **({"attention_window": 8} if target == "longformer" else {}))
     save_tiny_bert(folder / "tokenizer")
     BertTokenizerFast.from_pretrained(folder / "tokenizer", eos_token="[SEP]").save_pretrained(folder / "converted")
     return folder / "converted"
@@ -167,6 +167,28 @@ def test_evaluate_lm_causal(tmp_path):
 
 
 # ---- the recipe ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["performer", "bigbird", "longformer"])
+def test_the_source_is_measured_exactly_whatever_the_variant(tmp_path, target):
+    """The Performer's own full-attention setting only estimates softmax; the dense reference is the source."""
+    from transformers import AutoModel, LlamaForCausalLM
+
+    ids = torch.randint(5, 99, (1, 40), generator=torch.Generator().manual_seed(0))
+    folder = tiny_encoder(tmp_path / "encoder", target)
+    converted = AutoModelForMaskedLM.from_pretrained(folder)
+    reference = source_equivalent(converted, 40)
+    expected = AutoModel.from_pretrained(tmp_path / "encoder" / "bert")(input_ids=ids).last_hidden_state
+    error = (reference.model(input_ids=ids).last_hidden_state - expected).abs().max()
+    assert error < 1e-5
+    if target == "performer":  # its random features only estimate the source's attention
+        assert (converted.model(input_ids=ids).last_hidden_state - expected).abs().max() > 10 * error
+    assert reference.lm_head.dense.weight.data_ptr() != converted.lm_head.dense.weight.data_ptr()
+    if target == "performer":
+        decoder = AutoModelForCausalLM.from_pretrained(tiny_decoder(tmp_path / "decoder", target))
+        source = LlamaForCausalLM.from_pretrained(tmp_path / "decoder" / "llama")
+        assert torch.allclose(source_equivalent(decoder, 40)(input_ids=ids).logits, source(input_ids=ids).logits,
+                              atol=1e-5)
+
 
 def test_head_warm_up_trains_only_the_masked_lm_head(tmp_path):
     folder = tiny_encoder(tmp_path)

@@ -4,8 +4,8 @@ long documents, with transformers' `Trainer` (its progress bar and resumable che
 Phases, each a Trainer run with its own checkpoints under `out/` (`warmup/`, `train/`):
 
 1. masked-LM head warm-up (encoders, `head_steps` > 0): every parameter frozen except the masked-LM head (the tied
-   decoder matrix stays the frozen word embeddings), at the source's length, on the source itself: the converted model
-   in its full-attention setting (its variant's `full_attention_overrides`), else the model as converted.
+   decoder matrix stays the frozen word embeddings), at the source's length, on the source itself
+   (source_equivalent: the converted weights with exact full attention), else on the model as converted.
 2. continued training at the target length: every parameter (`lora_rank` 0; `freeze_embeddings` keeps the word
    embeddings), or LoRA adapters (PEFT) on the attention projections plus, in full, the attention's other trainable
    modules, a learned position table and the masked-LM head's transform. The adapters are merged at the end
@@ -67,16 +67,27 @@ def load_model(folder: str | Path):
     return auto.from_pretrained(folder, dtype=torch.float32), causal
 
 
-def full_attention_twin(model, length: int):
-    """The model in its variant's full-attention setting at `length` tokens (the source, exactly), sharing no
-    parameters with `model`; None when the variant has no such setting."""
-    try:
-        overrides = model.config.full_attention_overrides(length)
-    except NotImplementedError:
+def source_equivalent(model, length: int):
+    """The source itself at `length` tokens, sharing no parameters with `model`: its weights in a Longformer whose
+    window covers the input (exact full attention; every variant names the backbone's parameters alike, the
+    variant's own ones are left out and the Longformer's global projections go unused without global tokens). The
+    variant's own full-attention setting is not used: the Performer's only estimates softmax attention. None where
+    the weights don't fit (a variant with its own block)."""
+    from ..auto import VARIANTS
+
+    longformer = VARIANTS["efficient_longformer"]
+    overrides = longformer.config.full_attention_overrides(length)
+    config = longformer.config.from_dict({**model.config.to_dict(), **overrides, "model_type": "efficient_longformer"})
+    head = "causal_lm" if config.is_causal else "masked_lm"
+    reference = longformer.heads[head](config)
+    state = {k: v for k, v in model.state_dict().items() if k in reference.state_dict()}
+    missing = set(reference.state_dict()) - set(state) - set(getattr(reference, "all_tied_weights_keys", {}) or {})
+    if any("global_proj" not in key for key in missing):
+        logger.warning(f"{model.config.model_type} does not map onto a dense reference ({sorted(missing)[:3]}...): "
+                       "the source is not measured.")
         return None
-    twin = type(model)(type(model.config).from_dict({**model.config.to_dict(), **overrides}))
-    twin.load_state_dict(model.state_dict())
-    return twin
+    reference.load_state_dict(state, strict=False)
+    return reference.eval()
 
 
 def masked_lm_head_parameters(model) -> list[str]:
@@ -169,7 +180,7 @@ def warm_up_head(model, tokenizer, documents, out: Path, options: PretrainOption
 
         model.load_state_dict(load_file(saved), strict=False)
         return True
-    twin = full_attention_twin(model, options.source_length) or model
+    twin = source_equivalent(model, options.source_length) or model
     train_only(twin, names)
     dataset = pack_documents(documents, tokenizer, options.source_length, causal=False)
     trainer = trainer_for(twin, dataset, tokenizer, False, out / "warmup", options.head_steps,
@@ -262,12 +273,12 @@ def pretrain(model_folder: str | Path, out: str | Path, options: PretrainOptions
     if not causal and options.head_steps and not warm_up_head(model, tokenizer, train_documents, out, options,
                                                                resume, callbacks):
         return None
-    reference = full_attention_twin(model, options.source_length)
+    reference = source_equivalent(model, options.source_length)
     results = {"options": asdict(options), "model_folder": str(model_folder),
                "data": {"train_documents": len(train_documents), "held_out_documents": len(held_out)},
                "source": measure(reference, [options.source_length]) if reference is not None else None,
-               "source_note": "the converted model in its full-attention setting" if reference is not None else
-               "no full-attention setting for this variant: not measured",
+               "source_note": "the converted weights in a dense-window Longformer (the source, exactly)"
+               if reference is not None else "the variant's weights don't map onto a dense reference: not measured",
                "before": measure(model, options.eval_lengths)}
     if options.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
