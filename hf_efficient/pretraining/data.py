@@ -58,7 +58,7 @@ def pack_documents(documents: list[str], tokenizer, length: int, causal: bool):
     if inner < 1:
         raise ValueError(f"length {length} leaves no room for text between the special tokens.")
     stream = []
-    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]:
         stream += ids + separator
     blocks = [prefix + stream[start:start + inner] + suffix for start in range(0, len(stream) - inner + 1, inner)]
     if not blocks:

@@ -22,7 +22,8 @@ def held_out_stream(documents: list[str], tokenizer, causal: bool, max_tokens: i
     one document)."""
     separator = special_ids(tokenizer, causal)[2]
     ids, characters = [], 0
-    for document, tokens in zip(documents, tokenizer(documents, add_special_tokens=False)["input_ids"], strict=True):
+    encoded = tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]  # no over-length warning
+    for document, tokens in zip(documents, encoded, strict=True):
         if ids and max_tokens is not None and len(ids) + len(tokens) > max_tokens:
             break
         ids += tokens + separator
