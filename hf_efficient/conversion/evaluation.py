@@ -56,6 +56,13 @@ def windows(length: int, context: int) -> list[tuple[int, int]]:
     return [(start, min(start + context, length)) for start in range(0, length, context)]
 
 
+def masked_stream(ids: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels): MASKED_FRACTION of the tokens (seeded, the same for every context) replaced by the mask
+    token in `inputs`; `labels` holds their ids there and -100 elsewhere."""
+    chosen = torch.rand(len(ids), generator=torch.Generator().manual_seed(0)) < MASKED_FRACTION
+    return torch.where(chosen, torch.full_like(ids, mask_token_id), ids), torch.where(chosen, ids, -100)
+
+
 @torch.no_grad()
 def masked_lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, context: int, tokenizer) -> float:
     """Mean cross-entropy over the masked positions, the stream cut into windows of `context` tokens."""
@@ -67,7 +74,8 @@ def masked_lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, context: int,
         window_labels = torch.cat([torch.tensor([-100]), labels[start:end], torch.tensor([-100])])[None]
         masked = int((window_labels != -100).sum())
         if masked:
-            total += model(input_ids=window_ids, labels=window_labels).loss.item() * masked
+            loss = model(input_ids=window_ids.to(model.device), labels=window_labels.to(model.device)).loss
+            total += loss.item() * masked
             count += masked
     return total / count
 
@@ -79,7 +87,7 @@ def causal_lm_loss(model, ids: torch.Tensor, context: int) -> float:
     for start, end in windows(len(ids), context):
         if end - start < 2:
             continue
-        window = ids[start:end][None]
+        window = ids[start:end][None].to(model.device)
         total += model(input_ids=window, labels=window, use_cache=False).loss.item() * (end - start - 1)
         count += end - start - 1
     return total / count
@@ -96,10 +104,7 @@ def language_model_losses(source_model, model, head: str, tokenizer, source_cont
     if head == "masked_lm":
         if tokenizer.mask_token_id is None:
             return None
-        generator = torch.Generator().manual_seed(0)
-        chosen = torch.rand(len(ids), generator=generator) < MASKED_FRACTION
-        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        inputs = torch.where(chosen, torch.full_like(ids, tokenizer.mask_token_id), ids)
+        inputs, labels = masked_stream(ids, tokenizer.mask_token_id)
         source_loss = masked_lm_loss(source_model, inputs, labels, source_context, tokenizer)
         converted_loss = masked_lm_loss(model, inputs, labels, converted_context, tokenizer)
         metric = "masked-LM loss"
