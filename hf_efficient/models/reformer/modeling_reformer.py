@@ -370,60 +370,53 @@ def shared_query_key_for_conversion(weights: dict[str, torch.Tensor], config: Ef
     return []
 
 
-def _widen_head(head: EfficientPreTrainedModel, **modules) -> None:
-    """Rebuild a head's output layers for the reversible stack's 2 * hidden_size features (then initialise them)."""
-    if not head.config.reversible:
-        return
-    for name, module in modules.items():
-        setattr(head, name, module)
-    head.post_init()
-
-
-class EfficientReformerForMaskedLM(EfficientForMaskedLM):
-    config_class = EfficientReformerConfig
-    model_class = EfficientReformerModel
+class ReversibleHead:
+    """A head over the reversible stack reads its 2 * hidden_size features: `wide_layer(config)` gives the output
+    layer to rebuild at that width, (attribute name, module), initialised by post_init."""
 
     def __init__(self, config: EfficientReformerConfig):
         super().__init__(config)
         if config.reversible:
-            _widen_head(self, lm_head=EfficientMaskedLMHead(widened(config)))
+            name, layer = self.wide_layer(config)
+            setattr(self, name, layer)
+            self.post_init()
 
 
-class EfficientReformerForCausalLM(EfficientForCausalLM):
+class EfficientReformerForMaskedLM(ReversibleHead, EfficientForMaskedLM):
     config_class = EfficientReformerConfig
     model_class = EfficientReformerModel
 
-    def __init__(self, config: EfficientReformerConfig):
-        super().__init__(config)
-        if config.reversible:
-            _widen_head(self, lm_head=nn.Linear(config.output_size, config.vocab_size, bias=config.lm_head_bias))
+    def wide_layer(self, config):
+        return "lm_head", EfficientMaskedLMHead(widened(config))
 
 
-class EfficientReformerForSequenceClassification(EfficientForSequenceClassification):
+class EfficientReformerForCausalLM(ReversibleHead, EfficientForCausalLM):
     config_class = EfficientReformerConfig
     model_class = EfficientReformerModel
 
-    def __init__(self, config: EfficientReformerConfig):
-        super().__init__(config)
-        if config.reversible:
-            _widen_head(self, classifier=nn.Linear(config.output_size, config.num_labels))
+    def wide_layer(self, config):
+        return "lm_head", nn.Linear(config.output_size, config.vocab_size, bias=config.lm_head_bias)
 
 
-class EfficientReformerForTokenClassification(EfficientForTokenClassification):
+class EfficientReformerForSequenceClassification(ReversibleHead, EfficientForSequenceClassification):
     config_class = EfficientReformerConfig
     model_class = EfficientReformerModel
 
-    def __init__(self, config: EfficientReformerConfig):
-        super().__init__(config)
-        if config.reversible:
-            _widen_head(self, classifier=nn.Linear(config.output_size, config.num_labels))
+    def wide_layer(self, config):
+        return "classifier", nn.Linear(config.output_size, config.num_labels)
 
 
-class EfficientReformerForQuestionAnswering(EfficientForQuestionAnswering):
+class EfficientReformerForTokenClassification(ReversibleHead, EfficientForTokenClassification):
     config_class = EfficientReformerConfig
     model_class = EfficientReformerModel
 
-    def __init__(self, config: EfficientReformerConfig):
-        super().__init__(config)
-        if config.reversible:
-            _widen_head(self, qa_outputs=nn.Linear(config.output_size, 2))
+    def wide_layer(self, config):
+        return "classifier", nn.Linear(config.output_size, config.num_labels)
+
+
+class EfficientReformerForQuestionAnswering(ReversibleHead, EfficientForQuestionAnswering):
+    config_class = EfficientReformerConfig
+    model_class = EfficientReformerModel
+
+    def wide_layer(self, config):
+        return "qa_outputs", nn.Linear(config.output_size, 2)
