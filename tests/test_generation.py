@@ -29,7 +29,8 @@ def prompt(model, batch: int = 2, length: int = 6, seed: int = 1) -> torch.Tenso
 
 def test_every_causal_variant_decodes():
     assert set(DECODERS) == {"efficient_linear_transformer", "efficient_longformer", "efficient_memory_compressed",
-                             "efficient_performer", "efficient_sparse_transformer", "efficient_synthesizer"}
+                             "efficient_performer", "efficient_sparse_transformer", "efficient_synthesizer",
+                             "efficient_transformer_xl"}
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -128,7 +128,8 @@ def folders(tmp_path_factory):
     add("longformer-causal_lm", "gpt2", "longformer", "causal_lm", attention_window=8)
     for model_type in sorted(VARIANTS):
         if model_type != "efficient_longformer":
-            add(model_type.removeprefix("efficient_"), "bert", model_type, "model", **TESTERS[model_type].mechanism)
+            source = "bert" if VARIANTS[model_type].model.attention_class.supports_bidirectional else "gpt2"
+            add(model_type.removeprefix("efficient_"), source, model_type, "model", **TESTERS[model_type].mechanism)
     return found
 
 
@@ -245,7 +246,8 @@ def test_every_variant_loads_as_remote_code(folders, fresh, model_type):
     variant = VARIANTS[model_type]
     key = "longformer-model" if model_type == "efficient_longformer" else model_type.removeprefix("efficient_")
     names = {"AutoConfig": variant.config, "AutoModel": variant.model}
-    names |= {AUTO_NAMES[head]: cls for head, cls in heads_for_direction(variant, causal=False).items()}
+    causal = not variant.model.attention_class.supports_bidirectional  # converted from GPT-2 (causal-only variants)
+    names |= {AUTO_NAMES[head]: cls for head, cls in heads_for_direction(variant, causal=causal).items()}
     assert set(names) == set(json.loads((folders[key][0] / "config.json").read_text())["auto_map"])
     for auto_name, package_class in names.items():
         remote_class, base = report["classes"][f"{key}/{auto_name}"]
