@@ -262,3 +262,68 @@ def test_trainer_refuses_streams_that_do_not_match_the_batch(tmp_path):
         SegmentRecurrentTrainer(model=model_of(EfficientTransformerXLForCausalLM), args=args, train_dataset=data)
     with pytest.raises(ValueError, match="don't fill"):
         SegmentStreams(range(10), num_streams=2, segment_length=8)
+
+
+@pytest.mark.parametrize(("div_val", "embedding_size", "tie"), [(2, 32, True), (1, 16, True), (1, 32, False)])
+def test_adaptive_input_and_softmax_against_a_per_token_reference(div_val, embedding_size, tie):
+    """Every token's embedding is its cluster's row projected to hidden_size; every log-probability is
+    log p(cluster | h) + log p(token | cluster, h) with the head's softmax over [shortlist; one logit per tail];
+    they sum to 1; tied output tables are the input's own tensors, saved once."""
+    model = model_of(EfficientTransformerXLForCausalLM, adaptive_cutoffs=[20, 50], adaptive_div_val=div_val,
+                     embedding_size=embedding_size, tie_word_embeddings=tie, pad_token_id=None, initializer_range=0.2)
+    embed, head = model.model.embeddings.embed_tokens, model.lm_head
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "bias" not in n), "every weight initialised"
+    tokens = torch.tensor([[0, 19, 20, 49, 50, 96]])
+    bounds = [(0, 20), (20, 50), (50, 97)]
+    with torch.no_grad():
+        embedded = embed(tokens)[0]
+        hidden = torch.randn(3, 32)
+        log_probs = head(hidden)
+    for position, token in enumerate(tokens[0].tolist()):
+        cluster = next(i for i, (start, end) in enumerate(bounds) if start <= token < end)
+        row = embed.tables[cluster].weight[token - bounds[cluster][0]]
+        expected = embed.projections[cluster](row) if embed.projections is not None else row
+        torch.testing.assert_close(embedded[position], expected)
+    weights = [head.weight(i) for i in range(3)]
+    projections = [head.projection(i) if head.projection(i) is not None else torch.eye(32) for i in range(3)]
+    for row in range(3):
+        h = hidden[row]
+        head_logits = torch.cat([(h @ projections[0]) @ weights[0].T + head.bias[:20],
+                                 (h @ projections[0]) @ head.cluster_weight.T + head.cluster_bias])
+        head_log_probs = head_logits.log_softmax(-1)
+        for token in range(97):
+            cluster = next(i for i, (start, end) in enumerate(bounds) if start <= token < end)
+            if cluster == 0:
+                expected = head_log_probs[token]
+            else:
+                start, end = bounds[cluster]
+                tail = ((h @ projections[cluster]) @ weights[cluster].T + head.bias[start:end]).log_softmax(-1)
+                expected = head_log_probs[20 + cluster - 1] + tail[token - start]
+            torch.testing.assert_close(log_probs[row, token], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3), rtol=1e-5, atol=1e-5)
+    saved = model.state_dict()
+    assert not any(name.startswith("lm_head.weights") for name in saved) if tie else "lm_head.weights.0" in saved
+    if tie:
+        assert head.weight(1) is embed.tables[1].weight
+
+
+def test_adaptive_model_trains_saves_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = model_of(EfficientTransformerXLForCausalLM, adaptive_cutoffs=[20, 50], adaptive_div_val=2,
+                     pad_token_id=None, mem_len=4)
+    tokens = ids(12)
+    model.train()
+    loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    assert model.model.embeddings.embed_tokens.tables[2].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=tokens, labels=tokens)
+        # the loss of log-probabilities is their negative log-likelihood
+        nll = -logits.logits[:, :-1].gather(-1, tokens[:, 1:, None]).mean()
+        torch.testing.assert_close(logits.loss, nll)
+        model.save_pretrained(tmp_path)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(input_ids=tokens).logits, logits.logits, rtol=0, atol=0)
+        assert model.generate(tokens[:, :3], max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (2, 7)

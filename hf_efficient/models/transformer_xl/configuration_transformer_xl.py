@@ -25,6 +25,8 @@ class EfficientTransformerXLConfig(EfficientConfig):
     adaptive_cutoffs: token-id boundaries of the adaptive input / softmax clusters (Baevski & Auli; Grave et al.),
         e.g. [20000, 40000, 200000] for WikiText-103; None = a plain embedding and a full softmax.
     adaptive_div_val: cluster i has embedding size embedding_size // adaptive_div_val**i (WikiText-103: 4).
+    adaptive_tie_projections: per cluster, whether the softmax uses the input's projection (with tied embeddings);
+        None = every cluster but the first (the paper's WikiText-103 setting).
     """
 
     model_type = "efficient_transformer_xl"
@@ -49,6 +51,7 @@ class EfficientTransformerXLConfig(EfficientConfig):
     embedding_multiplier: float = 1.0
     adaptive_cutoffs: list[int] | None = None
     adaptive_div_val: int = 1
+    adaptive_tie_projections: list[bool] | None = None
 
     def validate_mechanism(self) -> None:
         if not self.is_causal:
@@ -82,6 +85,10 @@ class EfficientTransformerXLConfig(EfficientConfig):
             if smallest < 1:
                 raise ValueError(f"adaptive_div_val={self.adaptive_div_val} leaves the last cluster no embedding "
                                  f"dimension (embedding_size={self.embedding_size}); lower it or use fewer cutoffs.")
+            tied = self.adaptive_tie_projections
+            if tied is not None and (len(tied) != len(cutoffs) + 1 or not all(isinstance(t, bool) for t in tied)):
+                raise ValueError(f"adaptive_tie_projections={tied!r}: give one True/False per cluster "
+                                 f"({len(cutoffs) + 1}), or None (all but the first tied).")
             if self.type_vocab_size or self.embedding_norm:
                 raise ValueError("The adaptive input has no token-type embeddings or embedding norm; set "
                                  "type_vocab_size=0 and embedding_norm=False.")

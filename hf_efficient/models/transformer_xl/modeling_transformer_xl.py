@@ -18,6 +18,7 @@ from ...core.cache_argument import CACHE_FIELD, one_cache
 from ...core.embeddings import apply_rotary
 from ...core.heads import (
     EfficientForCausalLM,
+    EfficientHead,
     EfficientForQuestionAnswering,
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
@@ -26,6 +27,7 @@ from ...core.layers import EfficientBlock
 from ...core.masks import validate_keep_mask
 from ...core.modeling import EfficientModel, refuse_unknown_kwargs
 from ...core.state_cache import refit_state_cache
+from .adaptive import AdaptiveInput, AdaptiveSoftmax
 from .cache_transformer_xl import TransformerXLMemoryCache
 from .configuration_transformer_xl import EfficientTransformerXLConfig
 
@@ -140,6 +142,20 @@ class TransformerXLBlock(EfficientBlock):
         return hidden, weights
 
 
+def init_transformer_xl(module: nn.Module, config: EfficientTransformerXLConfig) -> None:
+    """The parameters the backbone's init doesn't know: u and v, the adaptive softmax's own tables and cluster
+    logits (normal with std initializer_range, biases zero); projections are nn.Linear, initialised as any."""
+    std = config.initializer_range
+    if isinstance(module, RelativeBiases):
+        init.normal_(module.content, mean=0.0, std=std)
+        init.normal_(module.position, mean=0.0, std=std)
+    elif isinstance(module, AdaptiveSoftmax):
+        for parameter in [module.cluster_weight, *(module.weights or [])]:
+            init.normal_(parameter, mean=0.0, std=std)
+        init.zeros_(module.cluster_bias)
+        init.zeros_(module.bias)
+
+
 def relative_terms_for_conversion(weights: dict[str, torch.Tensor], config: EfficientTransformerXLConfig) -> list[str]:
     """Conversion: W_r (`r_proj`), u and v (`relative_bias.content`, `.position`) of every layer start at zero, so the
     relative terms add nothing and the converted model computes its source's attention (with the source's absolute
@@ -171,12 +187,13 @@ class EfficientTransformerXLModel(EfficientModel):
     def __init__(self, config: EfficientTransformerXLConfig):
         super().__init__(config)
         self.relative_dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.adaptive_cutoffs:
+            self.embeddings.embed_tokens = AdaptiveInput(config)
+            self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, RelativeBiases):
-            init.normal_(module.content, mean=0.0, std=self.config.initializer_range)
-            init.normal_(module.position, mean=0.0, std=self.config.initializer_range)
+        init_transformer_xl(module, self.config)
 
     def resolve_memory(self, cache: Cache | None, use_cache: bool | None) -> TransformerXLMemoryCache | None:
         if use_cache is False and cache is not None:
@@ -297,10 +314,24 @@ class EfficientTransformerXLForCausalLM(EfficientForCausalLM):
     model_class = EfficientTransformerXLModel
 
     def __init__(self, config: EfficientTransformerXLConfig):
-        super().__init__(config)
-        if config.lm_head_bias:  # the paper's softmax has a bias
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-            self.post_init()
+        """The output layer: with adaptive_cutoffs the adaptive softmax (its logits are log-probabilities; tied to the
+        adaptive input by reference, nothing for transformers to tie), else a linear layer (bias: lm_head_bias, the
+        paper's softmax has one) tied to the embedding when tie_word_embeddings."""
+        EfficientHead.__init__(self, config)  # the causal-LM head's checks and layer, with this output layer instead
+        if config.adaptive_cutoffs:
+            self._tied_weights_keys = {}
+            tied = self.model.embeddings.embed_tokens if config.tie_word_embeddings else None
+            self.lm_head = AdaptiveSoftmax(config, tied)
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        init_transformer_xl(module, self.config)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return None if self.config.adaptive_cutoffs else self.lm_head
 
 
 class EfficientTransformerXLForSequenceClassification(EfficientForSequenceClassification):
