@@ -18,10 +18,10 @@ from ...core.cache_argument import CACHE_FIELD, one_cache
 from ...core.embeddings import apply_rotary
 from ...core.heads import (
     EfficientForCausalLM,
-    EfficientHead,
     EfficientForQuestionAnswering,
     EfficientForSequenceClassification,
     EfficientForTokenClassification,
+    EfficientHead,
 )
 from ...core.layers import EfficientBlock
 from ...core.masks import validate_keep_mask
