@@ -188,7 +188,8 @@ class EfficientTransformerXLModel(EfficientModel):
         super().__init__(config)
         self.relative_dropout = nn.Dropout(config.hidden_dropout_prob)
         if config.adaptive_cutoffs:
-            self.embeddings.embed_tokens = AdaptiveInput(config)
+            self.embeddings.embed_tokens = AdaptiveInput(config)  # it projects each cluster to hidden_size itself
+            self.embeddings.project = None
             self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
