@@ -327,3 +327,38 @@ def test_adaptive_model_trains_saves_and_generates(tmp_path):
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
         torch.testing.assert_close(loaded(input_ids=tokens).logits, logits.logits, rtol=0, atol=0)
         assert model.generate(tokens[:, :3], max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (2, 7)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_converted_decoder_reproduces_its_source_and_its_cache(kind, tmp_path):
+    """GPT-2 / Llama -> Transformer-XL keeps the absolute / rotary positions and starts W_r, u and v at zero: the
+    relative terms add nothing, so with memories off the model is its source (padded batch, real tokens); with a
+    memory covering the whole stream, segments give the source's one pass (positions continue from the cache)."""
+    from tiny_sources import VOCAB, save_tiny_source
+
+    from hf_efficient.conversion import convert
+
+    source = save_tiny_source(kind, tmp_path / kind).eval()
+    model = convert(str(tmp_path / kind), "transformer_xl", out=None, max_length=128, eval_tokens=0, check=False,
+                    mem_len=0).model.eval()
+    assert model.config.position_embedding_type == ("absolute" if kind == "gpt2" else "rotary")
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        assert not attention.r_proj.weight.any() and not attention.relative_bias.content.any()
+        assert not attention.relative_bias.position.any()
+    tokens = torch.randint(1, VOCAB, (2, 40), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(tokens)
+    mask[1, 25:] = 0
+    real = mask.bool()
+    with torch.no_grad():
+        expected = source(input_ids=tokens, attention_mask=mask).logits
+        ours = model(input_ids=tokens, attention_mask=mask).logits
+        torch.testing.assert_close(ours[real], expected[real], rtol=1e-5, atol=1e-5)
+        model.config.mem_len = 64
+        whole = source(input_ids=tokens[:1]).logits
+        cache, pieces = None, []
+        for start, end in ((0, 11), (11, 12), (12, 40)):
+            out = model(input_ids=tokens[:1, start:end], cache=cache, use_cache=True)
+            cache = returned_cache(out)
+            pieces.append(out.logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-5)
