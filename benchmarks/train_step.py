@@ -155,6 +155,10 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                           "L/M layers, block {k.compressed_block}, compression 3"),
     "synthesizer": ("synthesizer", lambda k: {"synthesizer_type": "factorized_random+vanilla"},
                     "factorized random + vanilla, n = N (quadratic)"),
+    # one segment of N tokens (no memory yet): relative attention over the whole segment, quadratic; its own flow
+    # (segments with memory, generation) is benchmarks/transformer_xl_stream.py
+    "transformer_xl": ("transformer_xl", lambda k: {"mem_len": 512},
+                       "one segment of N, relative attention (quadratic)"),
 }
 
 
@@ -190,8 +194,11 @@ def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> Mode
     def unavailable(setup: Setup) -> str | None:
         if model_type not in hf_efficient.VARIANTS:
             return f"n.a.: no variant {model_type} in hf_efficient"
-        if setup.causal and not hf_efficient.VARIANTS[model_type].model.attention_class.supports_causal:
+        attention = hf_efficient.VARIANTS[model_type].model.attention_class
+        if setup.causal and not attention.supports_causal:
             return f"n.a.: {variant} has no causal form"
+        if not setup.causal and not attention.supports_bidirectional:
+            return f"n.a.: {variant} is causal only (use --causal)"
         return None
 
     return ModelSpec(name + suffix, "ours", lambda k: our_label(name, k, overrides), build, unavailable,
