@@ -46,6 +46,10 @@ PICTURES = [
     ("linear_transformer", ["linear_transformer", "--causal", "--layer", "0", "--heads", "0"],
      "intensity of the implied weights (elu(q)+1)(elu(k)+1)^T, row-normalised, causal: every earlier key, no "
      "later one"),
+    ("transformer_xl_same_length", ["transformer_xl", "--support", "--causal", "--layer", "0", "--heads", "0",
+                                    "mem_len=64", "same_length=true"],
+     "Transformer-XL with same_length, mem_len = 64, one segment: every query sees itself and the 63 positions "
+     "before it (with a memory the window reaches into the previous segments' hidden states)"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),
