@@ -149,9 +149,22 @@ def test_the_memory_stays_bounded_and_counts_every_token():
         for position in range(30):
             cache = returned_cache(model(input_ids=tokens[:, position:position + 1], cache=cache, use_cache=True))
             assert all(layer.memory.shape == (2, min(position + 1, 5), 32) for layer in cache.layers)
+            # inference keeps the memory's keys and values beside it (a step projects only the new token)
+            assert all(layer.memory_keys.shape == (2, 4, min(position + 1, 5), 8) for layer in cache.layers)
     assert cache.get_seq_length() == 30
     with pytest.raises(ValueError, match="rolled back"):
         cache.crop(3)
+
+
+def test_kept_keys_equal_keys_projected_again():
+    """Decoding in inference (keys, values and W_r R kept in the cache) equals decoding under autograd (everything
+    projected again from the stored hidden states at each step), with rotary positions and a short memory."""
+    model = model_of(mem_len=5, position_embedding_type="rotary", norm_position="pre", clamp_len=3)
+    tokens = ids(14)
+    with torch.no_grad():
+        kept = run_segments(model, tokens, list(range(4, 14)))
+    again = run_segments(model, tokens, list(range(4, 14)))  # grad enabled: nothing is kept
+    torch.testing.assert_close(kept, again.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_generate_uses_the_memory_and_matches_full_passes():

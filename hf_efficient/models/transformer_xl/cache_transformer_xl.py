@@ -12,14 +12,23 @@ from ...core.state_cache import StateCache, StateCacheLayer
 
 
 class TransformerXLMemoryLayer(StateCacheLayer):
-    """One layer's memory: hidden states (batch, m, hidden), their keep-mask (batch, m) or None (all real), and
-    their position ids (batch, m) (read by rotary / absolute-position models)."""
+    """One layer's memory: hidden states (batch, m, hidden), their keep-mask (batch, m) or None (all real), their
+    position ids (batch, m) (read by rotary / absolute-position models), and in inference (eval mode, no gradient)
+    the keys and values (batch, kv_heads, m, d) the attention projected from them, so that decoding projects only
+    the new tokens; None whenever they may be stale (made in training, or given as hidden states only)."""
 
-    state_names = ("memory", "keep", "positions")
+    state_names = ("memory", "keep", "positions", "memory_keys", "memory_values")
     crop_message = "A Transformer-XL memory keeps only the last mem_len hidden states, so it can't be rolled back."
 
-    def store(self, memory: torch.Tensor, keep: torch.Tensor | None, positions: torch.Tensor, seen_tokens: int) -> None:
+    def reset(self) -> None:
+        super().reset()
+        self.pending = None  # this call's keys/values of [memory; segment], set by the attention in inference
+        self.positional = None  # (key length, W_r R over its distances), reused while the key length repeats
+
+    def store(self, memory: torch.Tensor, keep: torch.Tensor | None, positions: torch.Tensor, seen_tokens: int,
+              memory_keys: torch.Tensor | None = None, memory_values: torch.Tensor | None = None) -> None:
         self.memory, self.keep, self.positions, self.seen_tokens = memory, keep, positions, seen_tokens
+        self.memory_keys, self.memory_values, self.pending = memory_keys, memory_values, None
         self.device, self.is_initialized = memory.device, True
 
     @property

@@ -28,7 +28,7 @@ from ...core.masks import validate_keep_mask
 from ...core.modeling import EfficientModel, refuse_unknown_kwargs
 from ...core.state_cache import refit_state_cache
 from .adaptive import AdaptiveInput, AdaptiveSoftmax
-from .cache_transformer_xl import TransformerXLMemoryCache
+from .cache_transformer_xl import TransformerXLMemoryCache, TransformerXLMemoryLayer
 from .configuration_transformer_xl import EfficientTransformerXLConfig
 
 
@@ -52,8 +52,9 @@ class EfficientTransformerXLAttention(EfficientAttention):
     (u) and `relative_bias.position` (v), (heads, head_dim), one per layer (the paper's code can share them across
     layers; a shared checkpoint converts by copying). Rotary / absolute positions of the backbone may be kept beside the
     relative terms (a GPT-2 / Llama conversion: not the paper's model); with relative_attention=False the relative
-    terms are skipped. Keys and values of the memory are recomputed from the stored hidden states every call, as in
-    the paper.
+    terms are skipped. In training the memory's keys and values are projected from its hidden states at every call,
+    as in the paper (the projections are being trained); in inference (eval, no autograd) they stay in the cache
+    beside the states, with W_r R, so a decoding step projects one token.
     """
 
     supports_bidirectional = False
@@ -78,6 +79,39 @@ class EfficientTransformerXLAttention(EfficientAttention):
         positional = self.r_proj(relative).view(*relative.shape[:-1], self.num_key_value_heads, self.head_dim)
         return positional.repeat_interleave(self.num_key_value_groups, dim=-2)
 
+    def memoizing(self, state: TransformerXLMemoryLayer | None) -> bool:
+        """Inference with a cache: keys, values and the positional table of the memory are kept for the next call
+        (never in training or under autograd, where the weights or their gradients would make them stale)."""
+        return state is not None and not self.training and not torch.is_grad_enabled()
+
+    def keys_and_values(self, hidden_states: torch.Tensor, memory: torch.Tensor | None,
+                        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+                        state: TransformerXLMemoryLayer | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of [memory; segment], (b, kv, m+n, d). In inference the memory's come from the cache
+        (projected when they entered it) and only the segment's are projected here."""
+        reuse = self.memoizing(state) and memory is not None and state.memory_keys is not None \
+            and state.memory_keys.shape[2] == memory.shape[1]
+        source = hidden_states if reuse or memory is None else torch.cat([memory, hidden_states], dim=1)
+        key, value = self.split_heads(self.k_proj(source)), self.split_heads(self.v_proj(source))
+        if position_embeddings is not None:
+            key = apply_rotary(key, tuple(t[:, -key.shape[2]:] for t in position_embeddings))
+        if reuse:
+            key = torch.cat([state.memory_keys, key], dim=2)
+            value = torch.cat([state.memory_values, value], dim=2)
+        if self.memoizing(state):
+            state.pending = (key, value)
+        return key, value
+
+    def positional_table(self, relative: torch.Tensor, state: TransformerXLMemoryLayer | None) -> torch.Tensor:
+        """W_r R over the table's distances, (1, h, m+n, d); reused in inference while the key length repeats (once
+        the memory is full, every decoding step has the same m + 1 distances)."""
+        if self.memoizing(state) and state.positional is not None and state.positional[0] == relative.shape[0]:
+            return state.positional[1]
+        table = self.project_positions(relative).transpose(0, 1)[None]
+        if self.memoizing(state):
+            state.positional = (relative.shape[0], table)
+        return table
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -87,18 +121,17 @@ class EfficientTransformerXLAttention(EfficientAttention):
         memory: torch.Tensor | None = None,
         relative: torch.Tensor | None = None,
         output_attentions: bool = False,
+        memory_state: TransformerXLMemoryLayer | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states (b, n, hidden) and memory (b, m, hidden) already normalised as the block does;
         attention_mask the keep-mask of the m + n keys; position_embeddings rotary tables of the m + n keys;
         relative the sinusoids of distances m + n - 1 .. 0 (clamped), (m + n, hidden)."""
         length = hidden_states.shape[1]
-        context = hidden_states if memory is None else torch.cat([memory, hidden_states], dim=1)
         query = self.split_heads(self.q_proj(hidden_states))  # (b, h, n, d)
-        key, value = self.split_heads(self.k_proj(context)), self.split_heads(self.v_proj(context))  # (b, kv, m+n, d)
         if position_embeddings is not None:
-            key = apply_rotary(key, position_embeddings)
             query = apply_rotary(query, tuple(t[:, -length:] for t in position_embeddings))
+        key, value = self.keys_and_values(hidden_states, memory, position_embeddings, memory_state)
         window = self.config.mem_len if self.config.same_length else None
         allowed = allowed_keys(length, key.shape[2], window, attention_mask, query.device)
         backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
@@ -117,7 +150,7 @@ class EfficientTransformerXLAttention(EfficientAttention):
                 self.config.hidden_size, self.dropout, self.training,
             )
         else:
-            positional = self.project_positions(relative).transpose(0, 1)[None]  # (1, h, m+n, d)
+            positional = self.positional_table(relative, memory_state)  # (1, h, m+n, d)
             attended = relative_blocked(query, key, value, positional, u, v, allowed, self.scaling, self.dropout)
             weights = None
         return self.merge_heads(attended), (weights if output_attentions else None)
@@ -282,7 +315,7 @@ class EfficientTransformerXLModel(EfficientModel):
             layer_input = hidden
             hidden, weights = layer(hidden, memory=memory, attention_mask=key_keep,
                                     position_embeddings=position_embeddings, relative=relative,
-                                    output_attentions=output_attentions)
+                                    output_attentions=output_attentions, memory_state=state)
             all_weights.append(weights)
             if state is not None:
                 self.remember(state, memory, layer_input, key_keep, key_positions, past + length)
@@ -307,7 +340,9 @@ class EfficientTransformerXLModel(EfficientModel):
         states = layer_input.detach() if memory is None else torch.cat([memory, layer_input.detach()], dim=1)
         start = states.shape[1] - min(keep_last, states.shape[1])
         keep = None if key_keep is None else key_keep[:, start:]
-        state.store(states[:, start:], keep, key_positions[:, start:], seen_tokens)
+        keys, values = state.pending if state.pending is not None else (None, None)
+        state.store(states[:, start:], keep, key_positions[:, start:], seen_tokens,
+                    None if keys is None else keys[:, :, start:], None if values is None else values[:, :, start:])
 
 
 class EfficientTransformerXLForCausalLM(EfficientForCausalLM):
