@@ -60,14 +60,18 @@ class SegmentRecurrentTrainer(Trainer):
         if self.args.world_size > 1:
             raise ValueError("SegmentRecurrentTrainer carries one memory per stream in one process; distributed "
                              "training would split the streams across ranks. Train on one process.")
-        for dataset, size, name in ((self.train_dataset, self.args.per_device_train_batch_size, "train"),
-                                    (self.eval_dataset, self.args.per_device_eval_batch_size, "eval")):
-            streams = getattr(dataset, "num_streams", None)
-            if streams is not None and streams != size:
-                raise ValueError(f"The {name} data has {streams} streams but per_device_{name}_batch_size={size}; "
-                                 "make them equal, so that each batch row continues the same stream.")
+        self.check_streams(self.train_dataset, "train")
+        self.check_streams(self.eval_dataset, "eval")
         self.memories = {True: None, False: None}  # by model.training
         self.add_callback(_ForgetAtEpochStart(self))
+
+    def check_streams(self, dataset, name: str) -> None:
+        """SegmentStreams data must come num_streams items to a batch (row b of every batch: stream b)."""
+        size = getattr(self.args, f"per_device_{name}_batch_size")
+        streams = getattr(dataset, "num_streams", None)
+        if streams is not None and streams != size:
+            raise ValueError(f"The {name} data has {streams} streams but per_device_{name}_batch_size={size}; "
+                             "make them equal, so that each batch row continues the same stream.")
 
     def reset_memories(self) -> None:
         self.memories = {True: None, False: None}
@@ -83,9 +87,10 @@ class SegmentRecurrentTrainer(Trainer):
         self.memories[mode] = returned_cache(outputs)
         return (loss, outputs) if return_outputs else loss
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        self.check_streams(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval")
         self.memories[False] = None
         try:
-            return super().evaluate(*args, **kwargs)
+            return super().evaluate(eval_dataset, *args, **kwargs)
         finally:
             self.memories[False] = None

@@ -215,7 +215,8 @@ def test_bad_memory_use_raises():
     with pytest.raises(ValueError, match="shape"):
         model(input_ids=ids(5), cache=cache, attention_mask=torch.ones(2, 7))
     for bad in (dict(same_length=True, mem_len=0), dict(is_causal=False), dict(clamp_len=0),
-                dict(adaptive_cutoffs=[200])):
+                dict(adaptive_cutoffs=[200]), dict(adaptive_div_val=4), dict(adaptive_tie_projections=[True]),
+                dict(adaptive_cutoffs=[20], adaptive_tie_projections=[True])):
         with pytest.raises(ValueError):
             EfficientTransformerXLConfig(**{**PAPER, **bad})
 
@@ -241,11 +242,13 @@ def test_trainer_carries_the_memory_between_steps(tmp_path):
             losses.append((result[0] if isinstance(result, tuple) else result).detach().clone())
             return result
 
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=1,
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                             num_train_epochs=1,
                              lr_scheduler_type="constant", max_grad_norm=0.0, report_to=[], save_strategy="no",
                              logging_strategy="no", use_cpu=True, dataloader_num_workers=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    Recording(model=model, args=args, train_dataset=data, optimizers=(optimizer, None)).train()
+    trainer = Recording(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+    trainer.train()
     assert len(losses) == 2
 
     first = torch.stack([data[0]["input_ids"], data[1]["input_ids"]])
@@ -262,6 +265,10 @@ def test_trainer_carries_the_memory_between_steps(tmp_path):
         without = reference(input_ids=second, labels=second, use_cache=False).loss
     torch.testing.assert_close(with_memory, losses[1], rtol=1e-6, atol=1e-6)
     assert (without - losses[1]).abs() > 1e-4, "the memory should matter"
+    # evaluation reads the streams in order with a memory of its own (started empty), the cache left out of outputs
+    metrics = trainer.evaluate(eval_dataset=data)
+    torch.testing.assert_close(torch.tensor(metrics["eval_loss"]), torch.stack(losses[-2:]).mean(), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_trainer_refuses_streams_that_do_not_match_the_batch(tmp_path):
@@ -375,3 +382,26 @@ def test_converted_decoder_reproduces_its_source_and_its_cache(kind, tmp_path):
             cache = returned_cache(out)
             pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_cuda_segments_and_gradients_equal_cpu():
+    """The CUDA path (SDPA with the relative bias) over segments with memory, fp32: outputs and gradients as on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    tokens = ids(40)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = model_of(EfficientTransformerXLForCausalLM, mem_len=12, clamp_len=9, head_dim=16).to(device).train()
+        cache, total = None, 0.0
+        for start, end in ((0, 15), (15, 28), (28, 40)):
+            piece = tokens[:, start:end].to(device)
+            out = model(input_ids=piece, labels=piece, cache=cache, use_cache=True)
+            total = total + out.loss
+            cache = returned_cache(out)
+        total.backward()
+        results.append((total.detach().cpu(), {n: p.grad.cpu() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)

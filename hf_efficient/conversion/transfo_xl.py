@@ -60,7 +60,7 @@ def config_from_transfo_xl(source: dict, **overrides) -> EfficientTransformerXLC
         initializer_range=source.get("init_std", 0.02), embedding_multiplier=d_model**0.5, lm_head_bias=True,
         tie_word_embeddings=source.get("tie_word_embeddings", True), pad_token_id=None,
         eos_token_id=source.get("eos_token_id", 0), adaptive_cutoffs=cutoffs or None,
-        adaptive_div_val=source.get("div_val", 4),
+        adaptive_div_val=source.get("div_val", 4) if cutoffs else 1,
         adaptive_tie_projections=[bool(t) for t in source["tie_projs"]] if cutoffs and "tie_projs" in source else None,
     )
     return EfficientTransformerXLConfig(**{**fields, **overrides})

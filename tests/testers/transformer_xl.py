@@ -22,5 +22,5 @@ TESTER = TransformerXLTester(
     mechanism=dict(mem_len=16, clamp_len=10, same_length=True),
     cpu_backends=("blocked",),  # SDPA with the relative term as a bias: also the CUDA path
     bad_values=dict(mem_len=-1, clamp_len=0, same_length="yes", relative_attention="yes", embedding_multiplier=0.0,
-                    adaptive_cutoffs=[5, 3], adaptive_div_val=0),
+                    adaptive_cutoffs=[5, 3], adaptive_div_val=0, adaptive_tie_projections=[True]),
 )

@@ -74,6 +74,9 @@ class EfficientTransformerXLConfig(EfficientConfig):
             raise ValueError(f"embedding_multiplier={multiplier!r}: use a positive number (1.0, or "
                              "sqrt(hidden_size) as the paper's code).")
         cutoffs = self.adaptive_cutoffs
+        if cutoffs is None and (self.adaptive_div_val != 1 or self.adaptive_tie_projections is not None):
+            raise ValueError("adaptive_div_val and adaptive_tie_projections shape the adaptive input and softmax, "
+                             "which only exist with adaptive_cutoffs; give the cutoffs or leave them at 1 / None.")
         if cutoffs is not None:
             cutoffs = list(cutoffs)
             if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs) \
