@@ -148,3 +148,23 @@ def test_bad_checkpoints_raise(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "pre_lnorm": True}))
     with pytest.raises(ValueError, match="pre_lnorm"):
         load_transfo_xl(folder)
+
+
+def test_a_bare_transfo_xl_model_loads_as_the_bare_model(tmp_path):
+    """A TransfoXLModel checkpoint (no `crit`, no "transformer." prefix) becomes EfficientTransformerXLModel, equal
+    to the backbone of the LM-head checkpoint it was cut from."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_efficient import EfficientTransformerXLModel
+
+    folder = write_fixture("adaptive", tmp_path / "lm")
+    full = load_transfo_xl(folder)
+    weights = load_file(folder / "model.safetensors")
+    bare = {k.removeprefix("transformer."): v for k, v in weights.items() if not k.startswith("crit.")}
+    save_file(bare, folder / "model.safetensors")
+    model = load_transfo_xl(folder)
+    assert type(model) is EfficientTransformerXLModel
+    tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=tokens).last_hidden_state,
+                                   full.model(input_ids=tokens).last_hidden_state, rtol=0, atol=0)
