@@ -69,6 +69,10 @@ PICTURES = [
     ("sinkhorn_causal", ["sinkhorn", "--support", "--causal", "--layer", "0", "--heads", "0", "1", "block_size=32"],
      "causal, blocks of 32: each query block sees its own block up to itself and one earlier block chosen from "
      "what the block may see (block 0: none), per head"),
+    ("transformer_xl_same_length", ["transformer_xl", "--support", "--causal", "--layer", "0", "--heads", "0",
+                                    "mem_len=64", "same_length=true"],
+     "Transformer-XL with same_length, mem_len = 64, one segment: every query sees itself and the 63 positions "
+     "before it (with a memory the window reaches into the previous segments' hidden states)"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),

@@ -175,6 +175,10 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                                          "num_clusters": max(1, n // k.routing_window)},
                 "half the heads local over {k.routing_local}, half routing over clusters of {k.routing_window}, N / "
                 "{k.routing_window} centroids"),
+    # one segment of N tokens (no memory yet): relative attention over the whole segment, quadratic; its own flow
+    # (segments with memory, generation) is benchmarks/transformer_xl_stream.py
+    "transformer_xl": ("transformer_xl", lambda k: {"mem_len": 512},
+                       "one segment of N, relative attention (quadratic)"),
 }
 
 
@@ -211,12 +215,15 @@ def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> Mode
     def unavailable(setup: Setup) -> str | None:
         if model_type not in hf_efficient.VARIANTS:
             return f"n.a.: no variant {model_type} in hf_efficient"
-        if setup.causal and not hf_efficient.VARIANTS[model_type].model.attention_class.supports_causal:
+        attention = hf_efficient.VARIANTS[model_type].model.attention_class
+        if setup.causal and not attention.supports_causal:
             return f"n.a.: {variant} has no causal form"
         try:  # a setting the variant refuses in this mode (e.g. Sinkhorn's SortCut, encoders only)
             our_config(name, 1024, setup, overrides)
         except ValueError as error:
             return f"n.a.: {describe(error)}"
+        if not setup.causal and not attention.supports_bidirectional:
+            return f"n.a.: {variant} is causal only (use --causal)"
         return None
 
     return ModelSpec(name + suffix, "ours", lambda k: our_label(name, k, overrides), build, unavailable,

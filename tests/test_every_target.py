@@ -64,8 +64,11 @@ def test_every_target_from_every_source(model_type, kind, sources, tmp_path):
     target = model_type.removeprefix("efficient_")
     tester = TESTERS[model_type]
     if not servable(model_type, kind):
-        with pytest.raises(ConversionError, match=rf"{model_type} is bidirectional only \(an encoder: it needs "
-                           rf"is_causal=False\) and can't serve a causal {kind} source; targets that can: \[") as error:
+        causal = kind in CAUSAL_SOURCES
+        other = r"bidirectional only \(an encoder: it needs is_causal=False\)" if causal else \
+            r"causal only \(a decoder: it needs is_causal=True\)"
+        with pytest.raises(ConversionError, match=rf"{model_type} is {other} and can't serve a "
+                           rf"{'causal' if causal else 'bidirectional'} [\w-]+ source; targets that can: \[") as error:
             convert(str(folder), target, out=None, max_length=MAX_LENGTH, eval_tokens=0)
         able = sorted(t.removeprefix("efficient_") for t in VARIANTS if servable(t, kind))
         assert str(able) in str(error.value) and target not in able

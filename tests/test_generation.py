@@ -31,7 +31,7 @@ def test_every_causal_variant_decodes():
     assert set(DECODERS) == {"efficient_linear_transformer", "efficient_longformer", "efficient_memory_compressed",
                              "efficient_performer", "efficient_reformer", "efficient_routing",
                              "efficient_sinkhorn", "efficient_sparse_transformer",
-                             "efficient_synthesizer"}
+                             "efficient_synthesizer", "efficient_transformer_xl"}
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -102,6 +102,7 @@ class EfficientModel(EfficientPreTrainedModel):
     """The bare backbone. Variants subclass it and set `attention_class` (and `config_class`)."""
 
     attention_class: type[nn.Module] = FullAttention
+    block_class: type[nn.Module] = EfficientBlock  # variants that change the residual block (memories) subclass it
     # variants that decode from a per-layer state rather than keys/values: its Cache class, and what it serves (for
     # the error when given another kind of cache)
     state_cache: type[StateCache] | None = None
@@ -121,7 +122,7 @@ class EfficientModel(EfficientPreTrainedModel):
             raise ValueError(f"{attention.__name__} is causal-only; set is_causal=True (a decoder).")
         self.embeddings = EfficientEmbeddings(config)
         self.rotary = EfficientRotaryEmbedding(config) if config.position_embedding_type == "rotary" else None
-        self.layers = nn.ModuleList(EfficientBlock(config, i, attention) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.block_class(config, i, attention) for i in range(config.num_hidden_layers))
         self.final_norm = build_norm(config) if config.norm_position == "pre" else None
         self.pooler = EfficientPooler(config) if config.use_pooler else None
         self.gradient_checkpointing = False
