@@ -51,6 +51,15 @@ class EfficientETCModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     global_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+class RelativePositionTables(nn.Module):
+    """One layer's relative position tables: key embeddings R (labels, heads, head_dim) and biases b (labels, heads)."""
+
+    def __init__(self, labels: int, heads: int, head_dim: int):
+        super().__init__()
+        self.key = nn.Parameter(torch.zeros(labels, heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(labels, heads))
+
+
 class EfficientETCAttention(EfficientAttention):
     """ETC attention: Ainslie et al., "ETC: Encoding Long and Structured Inputs in Transformers" (arXiv 2004.08483).
 
@@ -69,12 +78,11 @@ class EfficientETCAttention(EfficientAttention):
         self.radius = config.local_radius
         self.max_distance = config.relative_position_max_distance
         self.hard_g2l, self.hard_l2g = config.use_hard_g2l_mask, config.use_hard_l2g_mask
-        self.relative_key = nn.Parameter(torch.zeros(config.relative_vocab_size, self.num_heads, self.head_dim))
-        self.relative_bias = nn.Parameter(torch.zeros(config.relative_vocab_size, self.num_heads))
+        self.relative_positions = RelativePositionTables(config.relative_vocab_size, self.num_heads, self.head_dim)
 
     @classmethod
     def lora_trained_in_full(cls, config: EfficientETCConfig) -> tuple[str, ...]:
-        return ("relative_key", "relative_bias")
+        return ("relative_positions",)
 
     def forward(
         self,
@@ -94,7 +102,7 @@ class EfficientETCAttention(EfficientAttention):
             layout = GlobalLocalLayout(0, torch.full_like(real, -1, dtype=torch.long),
                                        real if attention_mask is None else attention_mask.bool())
         query, key, value = self.project(hidden_states, None)
-        relative = relative_scores(query, self.relative_key, self.relative_bias)  # (batch, heads, T, V)
+        relative = relative_scores(query, self.relative_positions.key, self.relative_positions.bias)  # (batch, heads, T, V)
         pattern = (layout.num_global, self.radius)
         gpu = "flex" if flex_available() else None
         backend = self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
@@ -138,9 +146,9 @@ class EfficientETCModel(EfficientModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, EfficientETCAttention):
-            init.normal_(module.relative_key, mean=0.0, std=self.config.initializer_range)
-            init.zeros_(module.relative_bias)
+        if isinstance(module, RelativePositionTables):
+            init.normal_(module.key, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.bias)
 
     def attention_weight_columns(self, keys: int) -> int:
         return keys  # the weights cover [global ; long]; the warning's estimate counts the long keys
@@ -265,10 +273,10 @@ def zero_relative_tables(weights: dict[str, torch.Tensor], config: EfficientETCC
     added = []
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}.self_attn"
-        shapes = {"relative_key": (config.relative_vocab_size, config.num_attention_heads, config.head_dim),
-                  "relative_bias": (config.relative_vocab_size, config.num_attention_heads)}
+        shapes = {"key": (config.relative_vocab_size, config.num_attention_heads, config.head_dim),
+                  "bias": (config.relative_vocab_size, config.num_attention_heads)}
         for name, shape in shapes.items():
-            target = f"{prefix}.{name}"
+            target = f"{prefix}.relative_positions.{name}"
             if target not in weights:
                 weights[target] = torch.zeros(shape)
                 added.append(target)
