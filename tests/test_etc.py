@@ -124,6 +124,10 @@ def test_local_radius_bounds_the_long_to_long_piece():
     assert torch.equal(keep, (positions[:, None] - positions[None, :]).abs() <= 3)
 
 
+def gradients(model) -> dict:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
 def model_inputs(seed=0):
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, TESTER.config().vocab_size, (2, 29), generator=generator)
@@ -149,7 +153,7 @@ def test_blocked_equals_reference_with_globals_outputs_and_gradients(hard_g2l, h
         model.zero_grad()
         output = model(**inputs, labels=labels, return_logits=True)
         output.loss.backward()
-        results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = output.logits.detach(), gradients(model)
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(results["blocked"][0][real], results["reference"][0][real], rtol=1e-5, atol=2e-5)
     for name, grad in results["reference"][1].items():
@@ -334,8 +338,25 @@ def test_flex_equals_reference_on_gpu_outputs_and_gradients(hard_g2l, hard_l2g):
         model.zero_grad()
         output = model(**inputs, labels=labels, return_logits=True)
         output.loss.backward()
-        results[backend] = output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = output.logits.detach(), gradients(model)
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(results["flex"][0][real], results["reference"][0][real], rtol=1e-5, atol=2e-5)
     for name, grad in results["reference"][1].items():
         torch.testing.assert_close(results["flex"][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("hard_g2l", "hard_l2g"), HARD)
+def test_pattern_picture_weights_have_exactly_the_pattern_support(hard_g2l, hard_l2g):
+    """The weights show-pattern draws (one global token per 16 long tokens) are > 0 exactly on the kept pairs."""
+    from hf_efficient.patterns import attention_weights, pattern_model
+
+    length, radius = 64, 4
+    model = pattern_model("etc", length, local_radius=radius, use_hard_g2l_mask=hard_g2l, use_hard_l2g_mask=hard_l2g)
+    weights = attention_weights(model, length)
+    stream = length + 4
+    positions = torch.arange(stream)
+    segments = torch.cat([torch.arange(4), torch.arange(length) // 16])
+    expected = pair_keep(positions[:, None], positions[None, :], segments[:, None], segments[None, :],
+                         torch.ones(1, stream, dtype=torch.bool), 4, radius, hard_g2l, hard_l2g)
+    assert weights.shape[-2:] == (stream, stream)
+    assert torch.equal(weights > 0, expected.expand_as(weights))

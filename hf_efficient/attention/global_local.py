@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import eager_attention
-from .flex import FLEX_TILE, offset_tiles, pad_length, run_compiled, tile_block_mask, token_tiles
+from .flex import FLEX_TILE, offset_tiles, pad_length, run_compiled, tile_block_mask, tile_kernel_options, token_tiles
 
 
 def distance_labels(diff: torch.Tensor, max_distance: int) -> torch.Tensor:
@@ -221,6 +221,7 @@ def global_local_flex(query, key, value, relative, segments, mask, num_global: i
 
     gqa = query.shape[1] != key.shape[1]
     run = run_compiled if compiled else (lambda f, *a, **k: f(*a, **k))
+    options = {"kernel_options": tile_kernel_options(mask, query)} if compiled else {}
     out = run(flex_attention, query, key, value, score_mod=score_mod, block_mask=mask, scale=scaling,
-              enable_gqa=gqa)
+              enable_gqa=gqa, **options)
     return out[:, :, :length].transpose(1, 2)

@@ -26,9 +26,11 @@ from ...core.heads import (
 from ...core.masks import refuse_unless, validate_keep_mask
 from ...core.modeling import EfficientModel, refuse_unknown_kwargs
 from .configuration_etc import EfficientETCConfig
+from .global_input import build_global_input
 
 logger = logging.get_logger(__name__)
 
+PATTERN_BLOCK = 16  # the global input of pattern pictures: one global token per 16 long tokens (fixed blocks)
 GLOBAL_INPUTS = frozenset({"global_input_ids", "global_input_mask", "global_token_type_ids", "segment_ids"})
 
 
@@ -84,6 +86,10 @@ class EfficientETCAttention(EfficientAttention):
     def lora_trained_in_full(cls, config: EfficientETCConfig) -> tuple[str, ...]:
         return ("relative_positions",)
 
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        gpu = "flex" if flex_available() else None
+        return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -102,10 +108,10 @@ class EfficientETCAttention(EfficientAttention):
             layout = GlobalLocalLayout(0, torch.full_like(real, -1, dtype=torch.long),
                                        real if attention_mask is None else attention_mask.bool())
         query, key, value = self.project(hidden_states, None)
-        relative = relative_scores(query, self.relative_positions.key, self.relative_positions.bias)  # (batch, heads, T, V)
+        tables = self.relative_positions
+        relative = relative_scores(query, tables.key, tables.bias)  # (batch, heads, T, V)
         pattern = (layout.num_global, self.radius)
-        gpu = "flex" if flex_available() else None
-        backend = self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
+        backend = self.backend(hidden_states, output_attentions)
         weights = None
         if backend == "reference":
             groups = self.num_key_value_groups
@@ -150,8 +156,10 @@ class EfficientETCModel(EfficientModel):
             init.normal_(module.key, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.bias)
 
-    def attention_weight_columns(self, keys: int) -> int:
-        return keys  # the weights cover [global ; long]; the warning's estimate counts the long keys
+    def example_inputs(self, input_ids: torch.Tensor) -> dict:
+        """The global input pattern pictures (hf_efficient.patterns) draw with: ETC's fixed-block layout, one global
+        token per PATTERN_BLOCK long tokens."""
+        return build_global_input(input_ids, block_size=PATTERN_BLOCK)
 
     def forward(
         self,
