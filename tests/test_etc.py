@@ -360,3 +360,28 @@ def test_pattern_picture_weights_have_exactly_the_pattern_support(hard_g2l, hard
                          torch.ones(1, stream, dtype=torch.bool), 4, radius, hard_g2l, hard_l2g)
     assert weights.shape[-2:] == (stream, stream)
     assert torch.equal(weights > 0, expected.expand_as(weights))
+
+
+def test_compiled_graphs_stay_at_the_buckets_touched_whatever_the_global_length(monkeypatch):
+    """Padded batches of lengths in two buckets, each with its own number of global tokens: dynamo builds one graph
+    per bucket (the global length is data of the compiled call, not a constant of it)."""
+    from test_shape_buckets import ShapeOnlyCounter, counting_backend
+
+    from hf_efficient.attention.flex import bucket_length
+
+    torch.manual_seed(0)
+    model = EfficientETCModel(config(head_dim=16, num_hidden_layers=1, attention_backend="flex",
+                                     max_position_embeddings=512)).eval()
+    generator = torch.Generator().manual_seed(0)
+    buckets = set()
+    with counting_backend(monkeypatch, ShapeOnlyCounter()) as counter:
+        for length, per_global in ((30, 3), (70, 10), (200, 7), (300, 20), (260, 5), (400, 9)):
+            ids = torch.randint(3, 90, (2, length), generator=generator)
+            mask = torch.ones_like(ids)
+            mask[1, length // 2:] = 0
+            inputs = build_global_input(ids, attention_mask=mask, block_size=per_global)
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, **inputs)
+            buckets.add(bucket_length(length + inputs["global_input_ids"].shape[1]))
+            assert counter.frame_count == len(buckets), f"a new graph inside a bucket at length {length}"
+    assert len(buckets) == 2

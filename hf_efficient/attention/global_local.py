@@ -198,8 +198,10 @@ def global_local_block_mask(segments: torch.Tensor, real: torch.Tensor, num_glob
         global_all[:, :, None] & (global_all & real_all)[:, None, :])
     full = full & rows
 
+    count = torch.tensor(num_global, device=device)  # a tensor: a new global length is data, not a recompile
+
     def mask_mod(b, h, q_idx, kv_idx):
-        return pair_keep(q_idx, kv_idx, segments[b, q_idx], segments[b, kv_idx], real[b, kv_idx], num_global, radius,
+        return pair_keep(q_idx, kv_idx, segments[b, q_idx], segments[b, kv_idx], real[b, kv_idx], count, radius,
                          hard_g2l, hard_l2g)
 
     return tile_block_mask(partial[:, None], full[:, None], mask_mod, length, tile)
@@ -214,9 +216,10 @@ def global_local_flex(query, key, value, relative, segments, mask, num_global: i
     length, padded = query.shape[2], mask.seq_lengths[0]
     query, key, value, relative = (pad_length(x, padded) for x in (query, key, value, relative))
     relative = relative * scaling
+    count = torch.tensor(num_global, device=query.device)  # a tensor: a new global length is data, not a recompile
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        label = pair_label(q_idx, kv_idx, segments[b, q_idx], segments[b, kv_idx], num_global, max_distance)
+        label = pair_label(q_idx, kv_idx, segments[b, q_idx], segments[b, kv_idx], count, max_distance)
         return score + relative[b, h, q_idx, label]
 
     gqa = query.shape[1] != key.shape[1]
