@@ -385,3 +385,37 @@ def test_compiled_graphs_stay_at_the_buckets_touched_whatever_the_global_length(
             buckets.add(bucket_length(length + inputs["global_input_ids"].shape[1]))
             assert counter.frame_count == len(buckets), f"a new graph inside a bucket at length {length}"
     assert len(buckets) == 2
+
+
+def test_trainer_keeps_the_global_inputs_and_trains_with_the_collator(tmp_path):
+    """The heads' forward names the global inputs (Trainer drops dataset columns a forward doesn't name), and
+    GlobalInputCollator builds them per padded batch: two Trainer steps move the relative tables' cross labels."""
+    import inspect
+
+    from datasets import Dataset
+    from tiny_sources import write_bert_tokenizer
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_efficient.models.etc import EfficientETCForSequenceClassification, GlobalInputCollator
+
+    for head in (EfficientETCForMaskedLM, EfficientETCForSequenceClassification):
+        named = set(inspect.signature(head.forward).parameters)
+        assert {"global_input_ids", "global_input_mask", "segment_ids"} <= named
+    write_bert_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = EfficientETCForSequenceClassification(config(num_labels=2, vocab_size=len(tokenizer)))
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, len(tokenizer), (int(n),), generator=generator).tolist()
+            for n in torch.randint(10, 30, (8,), generator=generator)]
+    data = Dataset.from_dict({"input_ids": rows, "labels": [i % 2 for i in range(8)]})
+    collator = GlobalInputCollator(DataCollatorWithPadding(tokenizer), block_size=4)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["global_input_ids"].shape[1] == -(-int(batch["attention_mask"].sum(1).max()) // 4)
+    before = model.model.layers[0].self_attn.relative_positions.key.detach().clone()
+    trainer.train()
+    after = model.model.layers[0].self_attn.relative_positions.key.detach()
+    assert (after[2 * 2 + 1:] - before[2 * 2 + 1:]).abs().amax() > 0, "the cross labels were trained"

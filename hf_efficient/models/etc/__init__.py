@@ -1,6 +1,6 @@
 from ...core.variant import Variant
 from .configuration_etc import EfficientETCConfig
-from .global_input import build_global_input
+from .global_input import GlobalInputCollator, build_global_input
 from .modeling_etc import (
     EfficientETCAttention,
     EfficientETCForMaskedLM,
@@ -32,5 +32,6 @@ __all__ = [
     "EfficientETCForSequenceClassification",
     "EfficientETCForTokenClassification",
     "EfficientETCModel",
+    "GlobalInputCollator",
     "build_global_input",
 ]

@@ -60,3 +60,18 @@ def build_global_input(input_ids: torch.Tensor, separators=None, attention_mask:
     global_input_ids = torch.where(global_input_mask, global_token_id, pad_token_id).to(input_ids.dtype)
     return {"global_input_ids": global_input_ids, "global_input_mask": global_input_mask.long(),
             "segment_ids": segments}
+
+
+class GlobalInputCollator:
+    """A data collator for EfficientETC: `collator` (e.g. DataCollatorWithPadding) pads the long input, then the
+    global input is built per batch from it (`build_global_input` with these options), so datasets need no global
+    columns. `collator(features)` must return input_ids (and attention_mask where padded)."""
+
+    def __init__(self, collator, separators=None, **options):
+        self.collator, self.separators, self.options = collator, separators, options
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        batch.update(build_global_input(batch["input_ids"], self.separators, batch.get("attention_mask"),
+                                        **self.options))
+        return batch

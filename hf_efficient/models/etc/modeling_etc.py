@@ -1,5 +1,7 @@
 """EfficientETC: a global input of its own beside the long input, one stream [global ; long] through shared layers."""
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -291,12 +293,28 @@ def zero_relative_tables(weights: dict[str, torch.Tensor], config: EfficientETCC
     return added
 
 
+def naming_global_inputs(forward):
+    """A head's `forward` whose signature also names the global inputs (the base heads take them through **kwargs):
+    Trainer keeps only the dataset columns that a model's forward names (remove_unused_columns)."""
+
+    @functools.wraps(forward)
+    def named(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    signature = inspect.signature(forward)
+    parameters = list(signature.parameters.values())
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in sorted(GLOBAL_INPUTS)]
+    named.__signature__ = signature.replace(parameters=parameters[:-1] + extra + parameters[-1:])  # before **kwargs
+    return named
+
+
 class EfficientETCForMaskedLM(EfficientForMaskedLM):
     """Masked-LM logits over the long input."""
 
     config_class = EfficientETCConfig
     model_class = EfficientETCModel
     backbone_inputs = GLOBAL_INPUTS
+    forward = naming_global_inputs(EfficientForMaskedLM.forward)
 
 
 class EfficientETCForSequenceClassification(EfficientForSequenceClassification):
@@ -306,6 +324,7 @@ class EfficientETCForSequenceClassification(EfficientForSequenceClassification):
     config_class = EfficientETCConfig
     model_class = EfficientETCModel
     backbone_inputs = GLOBAL_INPUTS
+    forward = naming_global_inputs(EfficientForSequenceClassification.forward)
 
 
 class EfficientETCForTokenClassification(EfficientForTokenClassification):
@@ -314,6 +333,7 @@ class EfficientETCForTokenClassification(EfficientForTokenClassification):
     config_class = EfficientETCConfig
     model_class = EfficientETCModel
     backbone_inputs = GLOBAL_INPUTS
+    forward = naming_global_inputs(EfficientForTokenClassification.forward)
 
 
 class EfficientETCForQuestionAnswering(EfficientForQuestionAnswering):
@@ -322,3 +342,4 @@ class EfficientETCForQuestionAnswering(EfficientForQuestionAnswering):
     config_class = EfficientETCConfig
     model_class = EfficientETCModel
     backbone_inputs = GLOBAL_INPUTS
+    forward = naming_global_inputs(EfficientForQuestionAnswering.forward)
