@@ -54,6 +54,12 @@ PICTURES = [
                         "num_clusters=4", "routing_window=64"],
      "causal: head 0 local (the previous 16 positions); head 2 routing: each token in its nearest of 4 clusters, "
      "seeing the 64 most recent tokens of that cluster up to itself"),
+    ("etc", ["etc", "--support", "--layer", "0", "--heads", "0", "local_radius=16"],
+     "ETC, soft masks: the 16 global tokens first (one per block of 16 long tokens; g2g top left, every long token "
+     "in their rows and columns), then the long tokens' band of radius 16"),
+    ("etc_hard", ["etc", "--support", "--layer", "0", "--heads", "0", "local_radius=16", "use_hard_g2l_mask=true",
+                  "use_hard_l2g_mask=true"],
+     "ETC, hard g2l and l2g masks: a global token and the long tokens of its block see each other, no others"),
     ("linformer", ["linformer", "--layer", "0", "--heads", "0", "projected_length=64"],
      "intensity: 256 queries (rows) x the k = 64 projected keys (columns; each mixes every position, not a "
      "token): every pair has weight > 0"),

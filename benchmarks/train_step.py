@@ -66,6 +66,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import hf_efficient  # noqa: E402
+from hf_efficient.models.etc import build_global_input  # noqa: E402
 
 MASKED_FRACTION = 0.15
 CSV_NAME, REPORT_NAME = "train_step.csv", "train_step.md"
@@ -108,11 +109,14 @@ class Knobs:
     sinkhorn_block: int = 64  # Sparse Sinkhorn block size (own block + one sorted block per query block)
     routing_local: int = 256  # Routing Transformer local heads' reach (the paper's local blocks)
     routing_window: int = 512  # Routing Transformer cluster size w; N / w clusters (the paper's *_local_cluster*)
+    etc_radius: int = 84  # ETC local radius (the paper's base models)
+    etc_block: int = 32  # ETC's fixed-block global input: one global token per this many long tokens
 
 
 PAPER_KNOBS = Knobs()
 TINY_KNOBS = Knobs(window=64, block=16, projected_length=64, local_size=16, num_summary=4, compressed_block=64,
-                   reformer_chunk=32, sinkhorn_block=16, routing_local=32, routing_window=64)
+                   reformer_chunk=32, sinkhorn_block=16, routing_local=32, routing_window=64, etc_radius=16,
+                   etc_block=16)
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,10 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
     # (segments with memory, generation) is benchmarks/transformer_xl_stream.py
     "transformer_xl": ("transformer_xl", lambda k: {"mem_len": 512},
                        "one segment of N, relative attention (quadratic)"),
+    "etc": ("etc", lambda k: {"local_radius": k.etc_radius}, "radius {k.etc_radius}, one global token per "
+            "{k.etc_block} tokens, soft masks"),
+    "etc_hard": ("etc", lambda k: {"local_radius": k.etc_radius, "use_hard_g2l_mask": True, "use_hard_l2g_mask": True},
+                 "radius {k.etc_radius}, one global token per {k.etc_block} tokens, hard g2l/l2g masks"),
 }
 
 
@@ -558,6 +566,7 @@ def takes_global_tokens(model: nn.Module) -> bool:
 
 def model_inputs(model: nn.Module, batch: dict, with_labels: bool) -> dict:
     inputs = {"input_ids": batch["input_ids"]}
+    inputs.update(batch.get("etc_global", {}))  # ETC's global input (run_case builds it)
     if "global_attention_mask" in batch and takes_global_tokens(model):
         inputs["global_attention_mask"] = batch["global_attention_mask"]
     if with_labels:
@@ -651,6 +660,8 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
     model = spec.build(length, setup).to(device, setup.dtype).train()
     batch = make_batch(length, setup.sizes.vocab, device, args.batch, args.global_first_token)
     batch["causal"] = setup.causal
+    if "global_input_ids" in getattr(model, "backbone_inputs", ()):  # ETC: a fixed-block global input, made once
+        batch["etc_global"] = build_global_input(batch["input_ids"], block_size=setup.knobs.etc_block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:

@@ -212,7 +212,7 @@ def run_show_pattern(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.out or f"pattern-{Path(args.model).name}-{args.length}.png"
-    text = caption(model.config, weights, layers, heads, args.support)
+    text = caption(model.config, weights, layers, heads, args.support, args.length)
     write_png(grid(weights, heads, layers, args.support), out,
               {"Title": f"attention pattern of {model.config.model_type}", "Description": text,
                "Software": "hf-efficient show-pattern"})

@@ -53,6 +53,8 @@ def attention_weights(model: torch.nn.Module, length: int, seed: int = 0, **inpu
     """(layers, heads, length, keys) weights of one forward on random token ids (keys = length for most variants)."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model.config.vocab_size, (1, length), generator=generator)
+    if hasattr(model, "example_inputs"):  # a variant with inputs of its own (ETC's global input)
+        inputs = {**model.example_inputs(input_ids), **inputs}
     output = model(input_ids=input_ids, output_attentions=True, use_cache=False, **inputs)
     if output.attentions is None or any(weights is None for weights in output.attentions):
         raise ValueError(f"{type(model).__name__} returned no attention weights.")
@@ -105,14 +107,20 @@ def key_axis(config, length: int, keys: int) -> str:
         factor = config.effective_compression_factor
         return (f"columns 0..{length - 1} = key positions, columns {length}..{keys - 1} = the {keys - length} "
                 f"compressed slots (slot s pools positions s*{factor}..s*{factor}+{factor - 1})")
+    if config.model_type == "efficient_etc":
+        return ("rows and columns run over the stream [global ; long]: first the global tokens (one per block of 16 "
+                "long tokens), then the long positions")
     if keys == length:
         return "column j = key position j (left = 0)"
     return f"{keys} key columns"
 
 
-def caption(config, weights: torch.Tensor, layers: list[int], heads: list[int], support: bool) -> str:
-    """What the picture shows, in ASCII (for the PNG's tEXt chunk and the command's output)."""
-    length, keys = weights.shape[-2:]
+def caption(config, weights: torch.Tensor, layers: list[int], heads: list[int], support: bool,
+            length: int | None = None) -> str:
+    """What the picture shows, in ASCII (for the PNG's tEXt chunk and the command's output); `length` is the input's
+    (default: the weights' rows; ETC's rows also hold its global tokens)."""
+    rows, keys = weights.shape[-2:]
+    length = rows if length is None else length
     kinds = getattr(config, "attention_layer_types", None)
     layer_names = [f"{layer} ({kinds[layer]})" if kinds else str(layer) for layer in layers]
     view = ("support view: black = weight > 0, white = weight == 0" if support else

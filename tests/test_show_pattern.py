@@ -26,6 +26,7 @@ KNOBS = {
     "linformer": ["projected_length=16"],
     "memory_compressed": ["block_size=16", "compression_factor=4"],
     "routing": ["local_window=4", "num_clusters=4", "routing_window=12"],
+    "etc": ["local_radius=4"],
 }
 CAUSAL_VARIANTS = sorted(name.removeprefix("efficient_") for name, v in VARIANTS.items()
                          if v.model.attention_class.supports_causal)
@@ -67,13 +68,14 @@ def read_png(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
 
 
 def show(tmp_path: Path, variant: str, *options: str, layers: int = LAYERS, heads: int = HEADS,
-         keys: int = LENGTH, length: int = LENGTH) -> tuple[torch.Tensor, dict[str, str]]:
+         keys: int = LENGTH, length: int = LENGTH, rows: int | None = None) -> tuple[torch.Tensor, dict[str, str]]:
     """Run the command (knobs after the options, as a user types them), check the picture's geometry and its gray
-    bands, and return its tiles (layers, heads, length, keys) of pixel values and the PNG's text."""
+    bands, and return its tiles (layers, heads, rows (default: length), keys) of pixel values and the PNG's text."""
     out = tmp_path / f"{variant.replace('/', '_')}.png"
     argv = ["show-pattern", variant, "--length", str(length), "--out", str(out), *options]
     assert main(argv) == 0
     pixels, text = read_png(out)
+    length = length if rows is None else rows
     assert tuple(pixels.shape) == (layers * (length + GAP) - GAP, heads * (keys + GAP) - GAP), "IHDR size"
     tiles = torch.empty(layers, heads, length, keys, dtype=torch.uint8)
     bands = torch.ones_like(pixels, dtype=torch.bool)
@@ -96,6 +98,8 @@ def expected_keys(variant: str, length: int) -> int:
         return 16  # projected_length
     if variant == "memory_compressed":
         return length + math.ceil(length / 4)  # raw keys, then one slot per 4 positions
+    if variant == "etc":
+        return length + math.ceil(length / 16)  # the stream [global ; long], one global token per 16 long tokens
     return length
 
 
@@ -109,8 +113,9 @@ def test_every_variant_draws_its_own_weights(tmp_path, variant):
     shades follow the weights: the row's largest weight is black, a larger weight never gets a lighter shade."""
     knobs = KNOBS.get(variant, [])
     keys = expected_keys(variant, LENGTH)
-    support, text = show(tmp_path, variant, "--support", *knobs, keys=keys)
-    intensity, _ = show(tmp_path, variant, *knobs, keys=keys)
+    rows = keys if variant == "etc" else LENGTH  # ETC's rows are its stream too
+    support, text = show(tmp_path, variant, "--support", *knobs, keys=keys, rows=rows)
+    intensity, _ = show(tmp_path, variant, *knobs, keys=keys, rows=rows)
     model = pattern_model(variant, LENGTH, **{k: int(v) for k, v in (knob.split("=") for knob in knobs)})
     weights = attention_weights(model, LENGTH)
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4), "real weights: each row sums to one"

@@ -946,10 +946,17 @@ class EfficientHead(EfficientPreTrainedModel):
     """A backbone (`self.model`, of the variant's `model_class`) plus a task layer."""
 
     model_class: type[EfficientModel] = EfficientModel
+    # further keyword inputs of the variant's backbone (ETC's global input) that every head passes through to it
+    backbone_inputs: frozenset = frozenset()
 
     def __init__(self, config: EfficientConfig):
         super().__init__(config)
         self.model = self.model_class(config)
+
+    def split_backbone_inputs(self, kwargs: dict) -> dict:
+        """Refuse the arguments a head's forward does not use, and take `backbone_inputs` out of its **kwargs."""
+        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS | self.backbone_inputs)
+        return {name: kwargs.pop(name) for name in self.backbone_inputs if name in kwargs}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
@@ -1001,8 +1008,9 @@ class EfficientForCausalLM(EfficientHead, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """In training with `labels`, `logits` are None unless `return_logits=True` (see `wants_logits`)."""
-        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
+        extra = self.split_backbone_inputs(kwargs)
         out = self.run_backbone(
+            **extra,
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask,
             cache=one_cache(cache, past_key_values),
@@ -1070,8 +1078,9 @@ class EfficientForSequenceClassification(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
-        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
+        extra = self.split_backbone_inputs(kwargs)
         out = self.run_backbone(
+            **extra,
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
             use_cache=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -1115,8 +1124,9 @@ class EfficientForTokenClassification(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> TokenClassifierOutput | tuple:
-        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
+        extra = self.split_backbone_inputs(kwargs)
         out = self.run_backbone(
+            **extra,
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
             use_cache=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -1152,8 +1162,9 @@ class EfficientForQuestionAnswering(EfficientHead):
         return_dict: bool | None = None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput | tuple:
-        refuse_unknown_kwargs(self, kwargs, LOSS_KWARGS)
+        extra = self.split_backbone_inputs(kwargs)
         out = self.run_backbone(
+            **extra,
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, global_attention_mask=global_attention_mask, inputs_embeds=inputs_embeds,
             use_cache=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
