@@ -59,6 +59,9 @@ class VariantTester:
     # parameter-name fragments that one memoryless pass cannot train (the Compressive Transformer's compression
     # network learns only from states leaving a memory): the gradient test skips them; the variant's tests cover them
     trained_only_with_memory: tuple[str, ...] = ()
+    # True where the converted model, as saved, computes its source on one memoryless pass (no knob of the method
+    # acts within it): tests/test_every_target.py then checks that equality instead of a difference
+    as_converted_equals_source: bool = False
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient
