@@ -1809,6 +1809,13 @@ class EfficientCompressiveModel(CompressionInit, EfficientTransformerXLModel):
     state_cache = CompressiveMemoryCache
     state_cache_refusal = "Compressive Transformer decoding, which keeps memories of hidden states per layer"
 
+    def example_inputs(self, input_ids: torch.Tensor) -> dict:
+        """The memories pattern pictures (hf_efficient.patterns) draw with: the same tokens read once before, as
+        the previous segment, so a picture shows a segment's queries over [compressed memory; memory; segment]."""
+        with torch.no_grad():
+            cache = returned_cache(self(input_ids=input_ids, use_cache=True, return_dict=True))
+        return {"cache": cache, "use_cache": True}
+
     def forward(self, *args, return_dict: bool | None = None, **kwargs) -> CompressiveModelOutput | tuple:
         """EfficientTransformerXLModel.forward (same arguments), with `reconstruction_loss` in the output."""
         out = super().forward(*args, return_dict=True, **kwargs)
