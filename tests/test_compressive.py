@@ -319,3 +319,33 @@ def test_cuda_segments_with_compression_equal_cpu():
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_transfo_xl_checkpoint_becomes_compressive(tmp_path):
+    """A v4 TransfoXL checkpoint (the fixture of tests/test_transfo_xl_conversion.py) loaded as Transformer-XL, then
+    made Compressive: with cmem_len=0 segments give the same logits; with a compressed memory the convolution starts
+    as mean pooling and the same weights read it."""
+    from test_transfo_xl_conversion import write_fixture
+
+    from hf_efficient.conversion import load_transfo_xl
+    from hf_efficient.models.compressive import compressive_from_transformer_xl
+
+    xl = load_transfo_xl(write_fixture("plain", tmp_path / "plain", keep_tied=True))
+    same = compressive_from_transformer_xl(xl, cmem_len=0)
+    tokens = torch.randint(0, xl.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    results = []
+    with torch.no_grad():
+        for model in (xl, same):
+            cache, logits = None, []
+            for start, end in ((0, 9), (9, 20)):
+                out = model(input_ids=tokens[:, start:end], cache=cache, use_cache=True)
+                cache = returned_cache(out)
+                logits.append(out.logits)
+            results.append(torch.cat(logits, dim=1))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    compressive = compressive_from_transformer_xl(xl, cmem_len=4, compression_rate=2)
+    assert type(compressive).__name__ == "EfficientCompressiveForCausalLM"
+    weight = compressive.model.layers[0].compression.weight
+    assert torch.equal(weight, torch.eye(weight.shape[0])[:, :, None].expand(-1, -1, 2) / 2)
+    with pytest.raises(ValueError, match="not an EfficientTransformerXL"):
+        compressive_from_transformer_xl(compressive)

@@ -1,6 +1,7 @@
 from ...core.variant import Variant
 from .cache_compressive import CompressiveMemoryCache, CompressiveMemoryLayer
 from .configuration_compressive import EfficientCompressiveConfig
+from .from_transformer_xl import compressive_from_transformer_xl
 from .modeling_compressive import (
     CompressiveCausalLMOutput,
     CompressiveModelOutput,
@@ -38,4 +39,5 @@ __all__ = [
     "EfficientCompressiveForSequenceClassification",
     "EfficientCompressiveForTokenClassification",
     "EfficientCompressiveModel",
+    "compressive_from_transformer_xl",
 ]
