@@ -44,11 +44,6 @@ class EfficientCompressiveConfig(EfficientTransformerXLConfig):
             raise ValueError("The compressed memory holds states that left the memory; give mem_len >= 1 or set "
                              "cmem_len=0.")
 
-    @classmethod
-    def full_attention_overrides(cls, length: int) -> dict:
-        """Transformer-XL's (no relative terms, no window); one memoryless pass compresses nothing."""
-        return super().full_attention_overrides(length)
-
     def describe_attention(self) -> str:
         compressed = f"; compressed memory of {self.cmem_len} states ({self.compression}, rate " \
                      f"{self.compression_rate})" if self.cmem_len else "; no compressed memory"
