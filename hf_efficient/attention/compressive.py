@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from ..models.memory_compressed.modeling_memory_compressed import average_pooling_kernel
+
 COMPRESSIONS = ("conv", "mean", "max")
 
 
@@ -52,8 +54,7 @@ class MemoryCompression(nn.Module):
     def reset_as_mean_pooling(self) -> None:
         """The documented start of `conv` (through transformers' init functions, which leave loaded tensors alone)."""
         if self.kind == "conv":
-            eye = torch.eye(self.weight.shape[0], dtype=self.weight.dtype, device=self.weight.device)
-            init.copy_(self.weight, eye[:, :, None].expand(-1, -1, self.rate) / self.rate)
+            init.copy_(self.weight, average_pooling_kernel(self.weight.shape[0], self.rate))
             init.zeros_(self.bias)
 
 

@@ -14,10 +14,6 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-# from hf_efficient/attention/compressive.py
-COMPRESSIONS = ("conv", "mean", "max")
-
-
 # from hf_efficient/core/configuration.py
 # rope types whose frequencies are a function of the config alone (dynamic and longrope recompute them per length)
 STATIC_ROPE_TYPES = tuple(sorted(set(ROPE_INIT_FUNCTIONS) - {"dynamic", "longrope"} | {"default"}))
@@ -298,6 +294,10 @@ def _matches(value: Any, annotation: Any) -> bool:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, typing.get_origin(annotation) or annotation)
+
+
+# from hf_efficient/attention/compressive.py
+COMPRESSIONS = ("conv", "mean", "max")
 
 
 # from hf_efficient/models/transformer_xl/configuration_transformer_xl.py

@@ -46,72 +46,6 @@ from .configuration_compressive import (
 )
 
 
-# from hf_efficient/attention/compressive.py
-class MemoryCompression(nn.Module):
-    """f_c: (batch, k c, hidden) -> (batch, k, hidden). Only `conv` has parameters: `weight` (hidden, hidden, c) and
-    `bias` (hidden) of a 1D convolution with kernel = stride = c, initialised as mean pooling (weight[o, i, t] = 1/c
-    if o == i, else 0; bias 0)."""
-
-    def __init__(self, hidden_size: int, rate: int, kind: str):
-        super().__init__()
-        self.rate, self.kind = rate, kind
-        if kind == "conv":
-            self.weight = nn.Parameter(torch.empty(hidden_size, hidden_size, rate))
-            self.bias = nn.Parameter(torch.empty(hidden_size))
-            self.reset_as_mean_pooling()
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        if self.kind == "conv":
-            compressed = nn.functional.conv1d(states.transpose(1, 2), self.weight, self.bias, stride=self.rate)
-            return compressed.transpose(1, 2)
-        grouped = states.unflatten(1, (-1, self.rate))
-        return grouped.mean(2) if self.kind == "mean" else grouped.amax(2)
-
-    def reset_as_mean_pooling(self) -> None:
-        """The documented start of `conv` (through transformers' init functions, which leave loaded tensors alone)."""
-        if self.kind == "conv":
-            eye = torch.eye(self.weight.shape[0], dtype=self.weight.dtype, device=self.weight.device)
-            init.copy_(self.weight, eye[:, :, None].expand(-1, -1, self.rate) / self.rate)
-            init.zeros_(self.bias)
-
-
-def frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
-    """The module applied with its parameters detached: its output carries gradient to the inputs only."""
-    return torch.func.functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, inputs)
-
-
-def content_attention(attention: nn.Module, norm: nn.Module | None, queries: torch.Tensor, memory: torch.Tensor,
-                      keep: torch.Tensor | None) -> torch.Tensor:
-    """Per-head content attention of `queries` (b, n, hidden) over `memory` (b, k, hidden) with the layer's frozen
-    norm (None under post-norm) and projections; `keep` (b, k) masks memory slots. -> (b, h, n, d)."""
-    if norm is not None:
-        queries, memory = frozen(norm, queries), frozen(norm, memory)
-    query = attention.split_heads(frozen(attention.q_proj, queries))
-    key = attention.split_heads(frozen(attention.k_proj, memory)).repeat_interleave(attention.num_key_value_groups, 1)
-    value = attention.split_heads(frozen(attention.v_proj, memory)).repeat_interleave(attention.num_key_value_groups,
-                                                                                      1)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * attention.scaling
-    if keep is not None:
-        scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
-    return torch.matmul(scores.softmax(-1), value)
-
-
-def reconstruction_loss(attention: nn.Module, norm: nn.Module | None, compression: MemoryCompression,
-                        queries: torch.Tensor, old_memory: torch.Tensor, old_keep: torch.Tensor | None,
-                        compressed_keep: torch.Tensor | None, query_keep: torch.Tensor | None) -> torch.Tensor:
-    """The paper's L_attn for one layer: queries (b, n, hidden) and the evicted states old_memory (b, k c, hidden),
-    both already detached; the target attention carries no gradient, the other reaches f_c only. Padding queries
-    (query_keep False) are left out of the mean."""
-    with torch.no_grad():
-        target = content_attention(attention, norm, queries, old_memory, old_keep)
-    compressed = compression(old_memory)
-    error = (content_attention(attention, norm, queries, compressed, compressed_keep) - target).pow(2)
-    if query_keep is None:
-        return error.mean()
-    weights = query_keep[:, None, :, None].to(error.dtype).expand_as(error)
-    return (error * weights).sum() / weights.sum().clamp(min=1)
-
-
 # from hf_efficient/core/layers.py
 class EfficientRMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich, arXiv 1910.07467): y = w * x / sqrt(mean(x^2) + eps), computed in float32."""
@@ -433,6 +367,64 @@ def causal_keep(query_length: int, key_length: int, device: torch.device) -> tor
     return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
 
 
+# from hf_efficient/core/cache_argument.py
+# the output field the installed transformers declares for the cache
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache of a call, given as `cache=` (transformers >= 5.24) or `past_key_values=` (earlier), not both."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Pass the decoding cache once, as cache= (or past_key_values=), not both.")
+    return cache if cache is not None else past_key_values
+
+
+def returned_cache(output: ModelOutput) -> Cache | None:
+    """The cache a model output carries, read under the installed field name (no deprecation warning)."""
+    return getattr(output, CACHE_FIELD)
+
+
+# from hf_efficient/core/lm_loss.py
+IGNORE_INDEX = -100
+
+
+CHUNK_ROWS = 4096
+
+
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None,
+                      chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
+
+    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
+    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
+    """
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    labelled = labels != IGNORE_INDEX
+    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.shape[0], chunk_rows):
+        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*chunk)
+    if num_items_in_batch is None:
+        return total / targets.shape[0]
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
+    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 # from hf_efficient/core/masks.py
 def refuse_unless(condition: torch.Tensor, message: str) -> None:
     """A check on tensor values: a ValueError in eager mode; inside torch.compile an asynchronous assertion (a
@@ -521,134 +513,6 @@ class FullAttention(EfficientAttention):
             query, key, value, keep, is_causal=self.is_causal, need_weights=output_attentions
         )
         return self.merge_heads(attended), weights
-
-
-# from hf_efficient/attention/relative.py
-def relative_sinusoid(distances: torch.Tensor, dim: int) -> torch.Tensor:
-    """R_d = [sin(d w), cos(d w)] with w_k = 10000^(-2k/dim): (..., ) float distances -> (..., dim)."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=distances.device, dtype=torch.float32) / dim))
-    angles = distances.float()[..., None] * inv_freq
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def key_distances(key_length: int, clamp_len: int | None, device: torch.device) -> torch.Tensor:
-    """The distances of the relative table, key_length - 1 down to 0 (row c of R: distance key_length - 1 - c),
-    clamped at clamp_len."""
-    distances = torch.arange(key_length - 1, -1, -1, device=device)
-    return distances.clamp(max=clamp_len) if clamp_len is not None else distances
-
-
-def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(..., q, k) scores whose column c belongs to distance k - 1 - c -> column j belongs to query i's distance to
-    key j, (k - q) + i - j, for every j <= i + k - q (later columns hold other rows' values; mask them)."""
-    *lead, queries, keys = scores.shape
-    padded = nn.functional.pad(scores, (1, 0))  # (..., q, k + 1): a zero column in front
-    padded = padded.reshape(*lead, keys + 1, queries)  # the same numbers read as (k + 1) rows of q
-    return padded[..., 1:, :].reshape(*lead, queries, keys)
-
-
-def allowed_keys(query_length: int, key_length: int, window: int | None, keep: torch.Tensor | None,
-                 device: torch.device) -> torch.Tensor:
-    """(batch or 1, 1, q, k) bool: query i sees key j when its distance (k - q) + i - j is in [0, window) (window
-    None: >= 0) and key j is real (`keep` (batch, k)); a query always sees its own key, so no row is empty."""
-    distance = (torch.arange(query_length, device=device)[:, None] + key_length - query_length
-                - torch.arange(key_length, device=device))
-    allowed = distance >= 0
-    if window is not None:
-        allowed = allowed & (distance < window)
-    if keep is None:
-        return allowed[None, None]
-    return (allowed & keep[:, None, :] | (distance == 0))[:, None]
-
-
-def relative_blocked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positional: torch.Tensor,
-                     content_bias: torch.Tensor, position_bias: torch.Tensor, allowed: torch.Tensor, scaling: float,
-                     dropout: float) -> torch.Tensor:
-    """query (b, h, q, d), key/value (b, h, k, d), positional (1, h, k, d) = W_r R over the table's distances,
-    biases (h, d), allowed (b|1, 1, q, k) -> (b, q, h, d)."""
-    position_scores = torch.matmul(query + position_bias[:, None], positional.transpose(-1, -2))  # (b, h, q, k)
-    bias = (relative_shift(position_scores) * scaling).masked_fill(~allowed, torch.finfo(query.dtype).min)
-    attended = nn.functional.scaled_dot_product_attention(query + content_bias[:, None], key, value, attn_mask=bias,
-                                                          dropout_p=dropout, scale=scaling)
-    return attended.transpose(1, 2)
-
-
-def relative_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, project_positions,
-                       content_bias: torch.Tensor, position_bias: torch.Tensor, allowed: torch.Tensor, scaling: float,
-                       clamp_len: int | None, dim: int, dropout: float = 0.0, training: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The naive O(q k hidden) path: R built for every (i, j) pair, no shift. `project_positions` maps
-    (q, k, dim) sinusoids to (q, k, h, d). Returns ((b, q, h, d), weights (b, h, q, k))."""
-    queries, keys = query.shape[2], key.shape[2]
-    distance = (torch.arange(queries, device=query.device)[:, None] + keys - queries
-                - torch.arange(keys, device=query.device)).clamp(min=0)
-    if clamp_len is not None:
-        distance = distance.clamp(max=clamp_len)
-    positional = project_positions(relative_sinusoid(distance, dim).to(query.dtype))  # (q, k, h, d)
-    content = torch.matmul(query + content_bias[:, None], key.transpose(-1, -2))
-    position = torch.einsum("bhid,ijhd->bhij", query + position_bias[:, None], positional)
-    scores = ((content + position) * scaling).masked_fill(~allowed, torch.finfo(query.dtype).min)
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=training)
-    return torch.matmul(weights, value).transpose(1, 2), weights
-
-
-# from hf_efficient/core/cache_argument.py
-# the output field the installed transformers declares for the cache
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    """The cache of a call, given as `cache=` (transformers >= 5.24) or `past_key_values=` (earlier), not both."""
-    if cache is not None and past_key_values is not None and cache is not past_key_values:
-        raise ValueError("Pass the decoding cache once, as cache= (or past_key_values=), not both.")
-    return cache if cache is not None else past_key_values
-
-
-def returned_cache(output: ModelOutput) -> Cache | None:
-    """The cache a model output carries, read under the installed field name (no deprecation warning)."""
-    return getattr(output, CACHE_FIELD)
-
-
-# from hf_efficient/core/lm_loss.py
-IGNORE_INDEX = -100
-
-
-CHUNK_ROWS = 4096
-
-
-def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                      num_items_in_batch: torch.Tensor | int | None = None,
-                      chunk_rows: int | None = None) -> torch.Tensor:
-    """Cross-entropy of `head(hidden)` against `labels` (-100 = ignored) over the labelled positions only.
-
-    hidden (..., hidden_size) and labels (...) of the same leading shape; the mean over labelled positions, or the
-    sum divided by `num_items_in_batch` when given (gradient accumulation). `chunk_rows` defaults to CHUNK_ROWS.
-    """
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    labelled = labels != IGNORE_INDEX
-    rows, targets = hidden[labelled], labels[labelled]  # (labelled, hidden_size), (labelled,)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.shape[0], chunk_rows):
-        chunk = (head, rows[start:start + chunk_rows], targets[start:start + chunk_rows])
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(*chunk)
-    if num_items_in_batch is None:
-        return total / targets.shape[0]
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
-
-
-def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) labels -> the label each position predicts: the next token's, -100 at the end."""
-    return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
 # from hf_efficient/core/state_cache.py
@@ -1251,6 +1115,147 @@ class EfficientForQuestionAnswering(EfficientHead):
             attentions=out.attentions,
         )
         return self.finish(result, return_dict)
+
+
+# from hf_efficient/models/memory_compressed/modeling_memory_compressed.py
+def average_pooling_kernel(channels: int, factor: int) -> torch.Tensor:
+    """(channels, channels, c): each output channel is the mean of its own input channel over the c positions."""
+    return torch.eye(channels)[:, :, None].expand(channels, channels, factor) / factor
+
+
+# from hf_efficient/attention/compressive.py
+class MemoryCompression(nn.Module):
+    """f_c: (batch, k c, hidden) -> (batch, k, hidden). Only `conv` has parameters: `weight` (hidden, hidden, c) and
+    `bias` (hidden) of a 1D convolution with kernel = stride = c, initialised as mean pooling (weight[o, i, t] = 1/c
+    if o == i, else 0; bias 0)."""
+
+    def __init__(self, hidden_size: int, rate: int, kind: str):
+        super().__init__()
+        self.rate, self.kind = rate, kind
+        if kind == "conv":
+            self.weight = nn.Parameter(torch.empty(hidden_size, hidden_size, rate))
+            self.bias = nn.Parameter(torch.empty(hidden_size))
+            self.reset_as_mean_pooling()
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.kind == "conv":
+            compressed = nn.functional.conv1d(states.transpose(1, 2), self.weight, self.bias, stride=self.rate)
+            return compressed.transpose(1, 2)
+        grouped = states.unflatten(1, (-1, self.rate))
+        return grouped.mean(2) if self.kind == "mean" else grouped.amax(2)
+
+    def reset_as_mean_pooling(self) -> None:
+        """The documented start of `conv` (through transformers' init functions, which leave loaded tensors alone)."""
+        if self.kind == "conv":
+            init.copy_(self.weight, average_pooling_kernel(self.weight.shape[0], self.rate))
+            init.zeros_(self.bias)
+
+
+def frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """The module applied with its parameters detached: its output carries gradient to the inputs only."""
+    return torch.func.functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, inputs)
+
+
+def content_attention(attention: nn.Module, norm: nn.Module | None, queries: torch.Tensor, memory: torch.Tensor,
+                      keep: torch.Tensor | None) -> torch.Tensor:
+    """Per-head content attention of `queries` (b, n, hidden) over `memory` (b, k, hidden) with the layer's frozen
+    norm (None under post-norm) and projections; `keep` (b, k) masks memory slots. -> (b, h, n, d)."""
+    if norm is not None:
+        queries, memory = frozen(norm, queries), frozen(norm, memory)
+    query = attention.split_heads(frozen(attention.q_proj, queries))
+    key = attention.split_heads(frozen(attention.k_proj, memory)).repeat_interleave(attention.num_key_value_groups, 1)
+    value = attention.split_heads(frozen(attention.v_proj, memory)).repeat_interleave(attention.num_key_value_groups,
+                                                                                      1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * attention.scaling
+    if keep is not None:
+        scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+    return torch.matmul(scores.softmax(-1), value)
+
+
+def reconstruction_loss(attention: nn.Module, norm: nn.Module | None, compression: MemoryCompression,
+                        queries: torch.Tensor, old_memory: torch.Tensor, old_keep: torch.Tensor | None,
+                        compressed_keep: torch.Tensor | None, query_keep: torch.Tensor | None) -> torch.Tensor:
+    """The paper's L_attn for one layer: queries (b, n, hidden) and the evicted states old_memory (b, k c, hidden),
+    both already detached; the target attention carries no gradient, the other reaches f_c only. Padding queries
+    (query_keep False) are left out of the mean."""
+    with torch.no_grad():
+        target = content_attention(attention, norm, queries, old_memory, old_keep)
+    compressed = compression(old_memory)
+    error = (content_attention(attention, norm, queries, compressed, compressed_keep) - target).pow(2)
+    if query_keep is None:
+        return error.mean()
+    weights = query_keep[:, None, :, None].to(error.dtype).expand_as(error)
+    return (error * weights).sum() / weights.sum().clamp(min=1)
+
+
+# from hf_efficient/attention/relative.py
+def relative_sinusoid(distances: torch.Tensor, dim: int) -> torch.Tensor:
+    """R_d = [sin(d w), cos(d w)] with w_k = 10000^(-2k/dim): (..., ) float distances -> (..., dim)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=distances.device, dtype=torch.float32) / dim))
+    angles = distances.float()[..., None] * inv_freq
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def key_distances(key_length: int, clamp_len: int | None, device: torch.device) -> torch.Tensor:
+    """The distances of the relative table, key_length - 1 down to 0 (row c of R: distance key_length - 1 - c),
+    clamped at clamp_len."""
+    distances = torch.arange(key_length - 1, -1, -1, device=device)
+    return distances.clamp(max=clamp_len) if clamp_len is not None else distances
+
+
+def relative_shift(scores: torch.Tensor) -> torch.Tensor:
+    """(..., q, k) scores whose column c belongs to distance k - 1 - c -> column j belongs to query i's distance to
+    key j, (k - q) + i - j, for every j <= i + k - q (later columns hold other rows' values; mask them)."""
+    *lead, queries, keys = scores.shape
+    padded = nn.functional.pad(scores, (1, 0))  # (..., q, k + 1): a zero column in front
+    padded = padded.reshape(*lead, keys + 1, queries)  # the same numbers read as (k + 1) rows of q
+    return padded[..., 1:, :].reshape(*lead, queries, keys)
+
+
+def allowed_keys(query_length: int, key_length: int, window: int | None, keep: torch.Tensor | None,
+                 device: torch.device) -> torch.Tensor:
+    """(batch or 1, 1, q, k) bool: query i sees key j when its distance (k - q) + i - j is in [0, window) (window
+    None: >= 0) and key j is real (`keep` (batch, k)); a query always sees its own key, so no row is empty."""
+    distance = (torch.arange(query_length, device=device)[:, None] + key_length - query_length
+                - torch.arange(key_length, device=device))
+    allowed = distance >= 0
+    if window is not None:
+        allowed = allowed & (distance < window)
+    if keep is None:
+        return allowed[None, None]
+    return (allowed & keep[:, None, :] | (distance == 0))[:, None]
+
+
+def relative_blocked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positional: torch.Tensor,
+                     content_bias: torch.Tensor, position_bias: torch.Tensor, allowed: torch.Tensor, scaling: float,
+                     dropout: float) -> torch.Tensor:
+    """query (b, h, q, d), key/value (b, h, k, d), positional (1, h, k, d) = W_r R over the table's distances,
+    biases (h, d), allowed (b|1, 1, q, k) -> (b, q, h, d)."""
+    position_scores = torch.matmul(query + position_bias[:, None], positional.transpose(-1, -2))  # (b, h, q, k)
+    bias = (relative_shift(position_scores) * scaling).masked_fill(~allowed, torch.finfo(query.dtype).min)
+    attended = nn.functional.scaled_dot_product_attention(query + content_bias[:, None], key, value, attn_mask=bias,
+                                                          dropout_p=dropout, scale=scaling)
+    return attended.transpose(1, 2)
+
+
+def relative_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, project_positions,
+                       content_bias: torch.Tensor, position_bias: torch.Tensor, allowed: torch.Tensor, scaling: float,
+                       clamp_len: int | None, dim: int, dropout: float = 0.0, training: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The naive O(q k hidden) path: R built for every (i, j) pair, no shift. `project_positions` maps
+    (q, k, dim) sinusoids to (q, k, h, d). Returns ((b, q, h, d), weights (b, h, q, k))."""
+    queries, keys = query.shape[2], key.shape[2]
+    distance = (torch.arange(queries, device=query.device)[:, None] + keys - queries
+                - torch.arange(keys, device=query.device)).clamp(min=0)
+    if clamp_len is not None:
+        distance = distance.clamp(max=clamp_len)
+    positional = project_positions(relative_sinusoid(distance, dim).to(query.dtype))  # (q, k, h, d)
+    content = torch.matmul(query + content_bias[:, None], key.transpose(-1, -2))
+    position = torch.einsum("bhid,ijhd->bhij", query + position_bias[:, None], positional)
+    scores = ((content + position) * scaling).masked_fill(~allowed, torch.finfo(query.dtype).min)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
 
 
 # from hf_efficient/models/transformer_xl/cache_transformer_xl.py
