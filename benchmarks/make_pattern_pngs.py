@@ -79,6 +79,10 @@ PICTURES = [
                                     "mem_len=64", "same_length=true"],
      "Transformer-XL with same_length, mem_len = 64, one segment: every query sees itself and the 63 positions "
      "before it (with a memory the window reaches into the previous segments' hidden states)"),
+    ("compressive", ["compressive", "--support", "--causal", "--layer", "0", "--heads", "0", "mem_len=64",
+                     "cmem_len=32", "compression_rate=4"],
+     "Compressive Transformer, mem_len = 64, cmem_len = 32, rate 4, the second segment of 256: every query sees "
+     "the 32 compressed slots, the 64 memory states and the segment up to itself"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),

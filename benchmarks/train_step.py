@@ -183,6 +183,10 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
     # (segments with memory, generation) is benchmarks/transformer_xl_stream.py
     "transformer_xl": ("transformer_xl", lambda k: {"mem_len": 512},
                        "one segment of N, relative attention (quadratic)"),
+    # one segment of N tokens (no memory yet): Transformer-XL's relative attention; the memories (mem_len 512, and 512
+    # compressed at rate 3) start with the next segment
+    "compressive": ("compressive", lambda k: {"mem_len": 512, "cmem_len": 512, "compression_rate": 3},
+                    "one segment of N, relative attention (quadratic), compressed memory 512 at rate 3"),
     "etc": ("etc", lambda k: {"local_radius": k.etc_radius}, "radius {k.etc_radius}, one global token per "
             "{k.etc_block} tokens, soft masks"),
     "etc_hard": ("etc", lambda k: {"local_radius": k.etc_radius, "use_hard_g2l_mask": True, "use_hard_l2g_mask": True},

@@ -53,9 +53,9 @@ def attention_weights(model: torch.nn.Module, length: int, seed: int = 0, **inpu
     """(layers, heads, length, keys) weights of one forward on random token ids (keys = length for most variants)."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model.config.vocab_size, (1, length), generator=generator)
-    if hasattr(model, "example_inputs"):  # a variant with inputs of its own (ETC's global input)
-        inputs = {**model.example_inputs(input_ids), **inputs}
-    output = model(input_ids=input_ids, output_attentions=True, use_cache=False, **inputs)
+    # a variant with inputs of its own (ETC's global input, the Compressive Transformer's memories) may set them
+    extra = model.example_inputs(input_ids) if hasattr(model, "example_inputs") else {}
+    output = model(input_ids=input_ids, output_attentions=True, **{"use_cache": False, **extra, **inputs})
     if output.attentions is None or any(weights is None for weights in output.attentions):
         raise ValueError(f"{type(model).__name__} returned no attention weights.")
     return torch.stack([weights[0].float() for weights in output.attentions])
@@ -110,6 +110,12 @@ def key_axis(config, length: int, keys: int) -> str:
     if config.model_type == "efficient_etc":
         return ("rows and columns run over the stream [global ; long]: first the global tokens (one per block of 16 "
                 "long tokens), then the long positions")
+    if config.model_type == "efficient_compressive" and keys > length:
+        memory = keys - length
+        compressed = min((length - min(config.mem_len, length)) // config.compression_rate, config.cmem_len)
+        return (f"columns 0..{compressed - 1} = the {compressed} compressed memory slots, {compressed}.."
+                f"{memory - 1} = the {memory - compressed} memory states (both from the same tokens read once "
+                f"before, as the previous segment), then column {memory} + j = key position j of the segment")
     if keys == length:
         return "column j = key position j (left = 0)"
     return f"{keys} key columns"

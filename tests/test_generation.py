@@ -28,7 +28,8 @@ def prompt(model, batch: int = 2, length: int = 6, seed: int = 1) -> torch.Tenso
 
 
 def test_every_causal_variant_decodes():
-    assert set(DECODERS) == {"efficient_linear_transformer", "efficient_longformer", "efficient_memory_compressed",
+    assert set(DECODERS) == {"efficient_compressive", "efficient_linear_transformer", "efficient_longformer",
+                             "efficient_memory_compressed",
                              "efficient_performer", "efficient_reformer", "efficient_routing",
                              "efficient_sinkhorn", "efficient_sparse_transformer",
                              "efficient_synthesizer", "efficient_transformer_xl"}

@@ -27,6 +27,7 @@ KNOBS = {
     "memory_compressed": ["block_size=16", "compression_factor=4"],
     "routing": ["local_window=4", "num_clusters=4", "routing_window=12"],
     "etc": ["local_radius=4"],
+    "compressive": ["mem_len=16", "cmem_len=8", "compression_rate=4"],
 }
 CAUSAL_VARIANTS = sorted(name.removeprefix("efficient_") for name, v in VARIANTS.items()
                          if v.model.attention_class.supports_causal)
@@ -100,6 +101,8 @@ def expected_keys(variant: str, length: int) -> int:
         return length + math.ceil(length / 4)  # raw keys, then one slot per 4 positions
     if variant == "etc":
         return length + math.ceil(length / 16)  # the stream [global ; long], one global token per 16 long tokens
+    if variant == "compressive":
+        return 8 + 16 + length  # memories of the same tokens read before: 8 compressed slots, 16 states
     return length
 
 
@@ -209,12 +212,22 @@ def test_bigbird_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("variant", sorted(set(CAUSAL_VARIANTS) - {"longformer", "sparse_transformer",
-                                                                    "memory_compressed", "reformer", "routing"}))
+                                                                    "memory_compressed", "reformer", "routing",
+                                                                    "compressive"}))
 def test_causal_dense_variants_light_exactly_the_lower_triangle(tmp_path, variant):
     """Kernel methods (implied weights phi(q) phi(k)^T, normalised) and the other dense causal mechanisms: every
     earlier key has weight > 0, no later one."""
     tiles, _ = show(tmp_path, variant, "--support", "--causal")
     assert torch.equal(lit(tiles), (KEY <= QUERY).expand(LAYERS, HEADS, -1, -1))
+
+
+def test_compressive_reads_both_memories_then_the_segment_causally(tmp_path):
+    """[8 compressed slots | 16 memory states | 64 segment keys]: every query sees both memories whole, and the
+    segment up to itself."""
+    tiles, text = show(tmp_path, "compressive", "--support", *KNOBS["compressive"], keys=88)
+    expected = torch.cat([torch.ones(LENGTH, 24, dtype=torch.bool), KEY <= QUERY], dim=1)
+    assert torch.equal(lit(tiles), expected.expand(LAYERS, HEADS, -1, -1))
+    assert "columns 0..7 = the 8 compressed memory slots, 8..23 = the 16 memory states" in text["Description"]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])

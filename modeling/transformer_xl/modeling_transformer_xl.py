@@ -1513,8 +1513,8 @@ class EfficientTransformerXLModel(EfficientModel):
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if cache is None:
-            return TransformerXLMemoryCache(self.config.num_hidden_layers) if use_cache else None
-        return refit_state_cache(cache, TransformerXLMemoryCache, self.config.num_hidden_layers,
+            return self.state_cache(self.config.num_hidden_layers) if use_cache else None
+        return refit_state_cache(cache, self.state_cache, self.config.num_hidden_layers,
                                  self.state_cache_refusal)
 
     def forward(
@@ -1596,7 +1596,7 @@ class EfficientTransformerXLModel(EfficientModel):
                                     output_attentions=output_attentions, memory_state=state)
             all_weights.append(weights)
             if state is not None:
-                self.remember(state, memory, layer_input, key_keep, key_positions, past + length)
+                self.remember(state, memory, layer_input, key_keep, key_positions, past + length, layer)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         if output_hidden_states:
@@ -1611,9 +1611,10 @@ class EfficientTransformerXLModel(EfficientModel):
         return output if return_dict else output.to_tuple()
 
     def remember(self, state, memory: torch.Tensor | None, layer_input: torch.Tensor, key_keep: torch.Tensor | None,
-                 key_positions: torch.Tensor, seen_tokens: int) -> None:
+                 key_positions: torch.Tensor, seen_tokens: int, layer: nn.Module | None = None) -> None:
         """The layer's new memory: the last mem_len of [memory; layer input], detached (no gradient flows into an
-        earlier segment), with their keep-mask and positions."""
+        earlier segment), with their keep-mask and positions (`layer`, the block that read them, is for subclasses
+        that derive more from the states leaving the memory)."""
         keep_last = self.config.mem_len
         states = layer_input.detach() if memory is None else torch.cat([memory, layer_input.detach()], dim=1)
         start = states.shape[1] - min(keep_last, states.shape[1])

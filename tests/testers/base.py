@@ -56,6 +56,12 @@ class VariantTester:
     padding_settings: tuple[dict, ...] = ()
     # a value each of the variant's own knobs must refuse (see BACKBONE_BAD_VALUES)
     bad_values: dict = field(default_factory=dict)
+    # parameter-name fragments that one memoryless pass cannot train (the Compressive Transformer's compression
+    # network learns only from states leaving a memory): the gradient test skips them; the variant's tests cover them
+    trained_only_with_memory: tuple[str, ...] = ()
+    # True where the converted model, as saved, computes its source on one memoryless pass (no knob of the method
+    # acts within it): tests/test_every_target.py then checks that equality instead of a difference
+    as_converted_equals_source: bool = False
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient
