@@ -174,6 +174,7 @@ class EfficientSetTransformerModel(EfficientSetTransformerPreTrainedModel):
     `add_decoder=False` builds the encoder alone (the per-element head)."""
 
     attention_class = EfficientSetAttention  # its capability flags are the model's (no causal mode, no cache)
+    seeded_tensors: tuple[str, ...] = ()  # nothing is drawn from a config seed (inducing points and seeds are learned)
 
     def __init__(self, config: EfficientSetTransformerConfig, add_decoder: bool = True):
         config.validate_backbone()
