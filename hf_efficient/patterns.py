@@ -51,6 +51,10 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
 @torch.no_grad()
 def attention_weights(model: torch.nn.Module, length: int, seed: int = 0, **inputs) -> torch.Tensor:
     """(layers, heads, length, keys) weights of one forward on random token ids (keys = length for most variants)."""
+    if model.main_input_name != "input_ids":
+        raise ValueError(f"{model.config.model_type} reads {model.main_input_name}, not token ids: the picture draws "
+                         "attention over token positions, and a set has none (ISAB's maps are dense: every element "
+                         "sees every inducing point). Use output_attentions=True to read its maps.")
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model.config.vocab_size, (1, length), generator=generator)
     # a variant with inputs of its own (ETC's global input, the Compressive Transformer's memories) may set them

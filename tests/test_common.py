@@ -66,6 +66,20 @@ def real_positions(inputs: dict) -> torch.Tensor:
     return inputs["attention_mask"].bool()
 
 
+def training_head(model_type: str, style: str) -> str:
+    """The head a training step of the common tests goes through: the language model of the direction, or for a
+    variant without LM heads (a model over sets) its sequence (set) classification head."""
+    if "masked_lm" in VARIANTS[model_type].heads or "causal_lm" in VARIANTS[model_type].heads:
+        return "causal_lm" if style != "bert" else "masked_lm"
+    return "sequence_classification"
+
+
+def training_labels(head: str, inputs: dict) -> torch.Tensor:
+    if head.endswith("_lm"):
+        return inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    return torch.arange(inputs["attention_mask"].shape[0], device=inputs["attention_mask"].device) % NUM_LABELS
+
+
 @pytest.mark.parametrize("model_type", VARIANT_NAMES)
 def test_every_registered_variant_has_a_tester(model_type):
     assert model_type in TESTERS, f"add a tester for {model_type} to tests/testers.py"
@@ -90,10 +104,10 @@ def test_output_shapes_and_loss(model_type, head, style):
     model = build(model_type, head, style)
     tester = get_tester(model_type)
     inputs = with_globals(model, tester.inputs(model.config))
-    batch, length = inputs["input_ids"].shape
+    batch, length = inputs["attention_mask"].shape
     labels = {
-        "masked_lm": {"labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)},
-        "causal_lm": {"labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)},
+        "masked_lm": {"labels": training_labels(head, inputs)} if head == "masked_lm" else {},
+        "causal_lm": {"labels": training_labels(head, inputs)} if head == "causal_lm" else {},
         "sequence_classification": {"labels": torch.tensor([0, 2, 1])},
         "token_classification": {"labels": torch.randint(0, NUM_LABELS, (batch, length))},
         "question_answering": {"start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([4, 5, 6])},
@@ -141,10 +155,7 @@ def test_padding_does_not_change_real_tokens(model_type):
     for style in styles(model_type):
         model = build(model_type, "model", style)
         inputs = tester.inputs(model.config, batch=1, padded=False)
-        padded = {
-            "input_ids": torch.nn.functional.pad(inputs["input_ids"], (0, 9), value=model.config.pad_token_id),
-            "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (0, 9), value=0),
-        }
+        padded = tester.pad_right(inputs, model.config, 9)
         with torch.no_grad():
             alone = model(**inputs).last_hidden_state
             in_padding = model(**padded).last_hidden_state[:, : alone.shape[1]]
@@ -174,13 +185,12 @@ def test_causal_outputs_ignore_later_tokens(model_type):
 def test_gradient_reaches_every_parameter(model_type):
     tester = get_tester(model_type)
     for style in styles(model_type):
-        head = "causal_lm" if style != "bert" else "masked_lm"
+        head = training_head(model_type, style)
         if head not in VARIANTS[model_type].heads:
             continue
         model = build(model_type, head, style, use_pooler=False).train()
         inputs = with_globals(model, tester.inputs(model.config))
-        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-        model(**inputs, labels=labels).loss.backward()
+        model(**inputs, labels=training_labels(head, inputs)).loss.backward()
         without = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
                    and not any(part in n for part in tester.trained_only_with_memory)]
         assert not without, f"{style}: no gradient reaches {without}"
@@ -223,21 +233,22 @@ def compare_backends(model_type: str, backends: tuple[str, ...], device: str, **
     """Every fast path equals the naive reference: outputs and parameter gradients, fp32, random inputs."""
     tester = get_tester(model_type)
     for style in styles(model_type):
-        head = "causal_lm" if style != "bert" else "masked_lm"
+        head = training_head(model_type, style)
         model = build(model_type, head, style, **overrides).to(device).train()  # dropout 0: train mode for grads
         inputs = with_globals(model, tester.inputs(model.config, seed=1))
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        labels = training_labels(head, inputs)
+        logits = {"return_logits": True} if head.endswith("_lm") else {}
         results = {}
         for backend in ("reference", *backends):
             model.config.attention_backend = backend
             model.zero_grad()
-            output = model(**inputs, labels=labels, return_logits=True)
+            output = model(**inputs, labels=labels, **logits)
             output.loss.backward()
             grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
             results[backend] = (output.logits.detach(), grads)
         model.config.attention_backend = "auto"
-        real = real_positions(inputs)
+        real = real_positions(inputs) if head.endswith("_lm") else slice(None)
         reference_logits, reference_grads = results["reference"]
         for backend in backends:
             logits, grads = results[backend]
@@ -326,18 +337,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type):
 @pytest.mark.parametrize("model_type", VARIANT_NAMES)
 def test_bad_inputs_raise_clear_errors(model_type):
     model = build(model_type, "model", styles(model_type)[0])
-    limit = model.config.max_position_embeddings
     ids = torch.randint(1, model.config.vocab_size, (2, 20))
-    with pytest.raises(ValueError, match="max_position_embeddings"):
-        model(input_ids=torch.randint(1, model.config.vocab_size, (1, limit + 1)))
-    with pytest.raises(ValueError, match="shape"):
-        model(input_ids=ids, attention_mask=torch.ones(2, 19))
-    with pytest.raises(ValueError, match="shape"):
-        model(input_ids=ids, attention_mask=torch.ones(2, 1, 20, 20))
-    with pytest.raises(ValueError, match="only 0 and 1"):
-        model(input_ids=ids, attention_mask=torch.full((2, 20), -1e9))
-    with pytest.raises(ValueError, match="exactly one"):
-        model()
+    for inputs, message in get_tester(model_type).bad_inputs(model.config):
+        with pytest.raises(ValueError, match=message):
+            model(**inputs)
     if type(model).attention_class.supports_global_attention:
         with pytest.raises(ValueError, match="global_attention_mask"):
             model(input_ids=ids, global_attention_mask=torch.ones(2, 21))

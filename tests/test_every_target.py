@@ -5,7 +5,8 @@ bidirectional attention) converts with the tester's sparse knobs, and in the var
 (`full_attention_overrides`) reproduces the source's logits: to 1e-5 where that setting is exact, to the tester's
 `degenerate_tolerance` where it is an estimate (Performer), and where there is none (Linear Transformer) the report
 says so. As converted, with the sparse knobs, the model really differs from its source. An unservable pair (GPT-2 or
-Llama into Linformer or BigBird) raises a ConversionError naming the targets that can take the source.
+Llama into Linformer or BigBird) raises a ConversionError naming the targets that can take the source; a variant over
+other inputs than tokens (Set Transformer) refuses every source, saying why.
 """
 
 import json
@@ -33,6 +34,8 @@ def sources(tmp_path_factory):
 
 def servable(model_type: str, kind: str) -> bool:
     attention = VARIANTS[model_type].model.attention_class
+    if VARIANTS[model_type].conversion_refusal:  # a model over other inputs than tokens (sets)
+        return False
     return attention.supports_causal if kind in CAUSAL_SOURCES else attention.supports_bidirectional
 
 
@@ -63,6 +66,11 @@ def test_every_target_from_every_source(model_type, kind, sources, tmp_path):
     folder, source = sources[kind]
     target = model_type.removeprefix("efficient_")
     tester = TESTERS[model_type]
+    if VARIANTS[model_type].conversion_refusal:
+        with pytest.raises(ConversionError, match=rf"{model_type} can't be converted from a pretrained model: "):
+            convert(str(folder), target, out=tmp_path / "out", max_length=MAX_LENGTH, eval_tokens=0)
+        assert not (tmp_path / "out").exists()
+        return
     if not servable(model_type, kind):
         causal = kind in CAUSAL_SOURCES
         other = r"bidirectional only \(an encoder: it needs is_causal=False\)" if causal else \

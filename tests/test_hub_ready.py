@@ -68,7 +68,8 @@ BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
             model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True, **options)
             model = model.to(device).eval()
             report["classes"][key] = [name_of(type(model)), name_of(type(model.config))]
-            output = model(input_ids=inputs[key + "/input_ids"], attention_mask=inputs[key + "/attention_mask"])
+            output = model(**{name[len(key) + 1:]: tensor for name, tensor in inputs.items()  # the case's inputs
+                              if name.startswith(key + "/")})
             for field in spec["fields"]:
                 if getattr(output, field, None) is not None:
                     outputs[f"{key}/{field}"] = getattr(output, field).float().cpu().contiguous()

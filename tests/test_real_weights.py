@@ -37,7 +37,8 @@ DEGENERATE_TOLERANCE = {
 
 def supports(model_type: str, causal: bool) -> bool:
     attention = VARIANTS[model_type].model.attention_class
-    return attention.supports_causal if causal else attention.supports_bidirectional
+    direction = attention.supports_causal if causal else attention.supports_bidirectional
+    return direction and not VARIANTS[model_type].conversion_refusal  # a set model converts from nothing
 
 
 def check_fidelity(result, source: str, exact_tolerance: float) -> None:

@@ -20,6 +20,13 @@ def resolve_target(target: str) -> Variant:
     return VARIANTS[model_type]
 
 
+def check_convertible(variant: Variant) -> None:
+    """Refuse a target that no token model converts into (its `conversion_refusal` says why)."""
+    if variant.conversion_refusal:
+        raise ConversionError(f"{variant.model_type} can't be converted from a pretrained model: "
+                              f"{variant.conversion_refusal}")
+
+
 def check_direction(variant: Variant, family: SourceFamily, causal: bool) -> None:
     """Refuse a causal source for a bidirectional-only target (Linformer, BigBird) and the reverse, naming the
     targets that can take it."""
@@ -27,7 +34,8 @@ def check_direction(variant: Variant, family: SourceFamily, causal: bool) -> Non
     if attention.supports_causal if causal else attention.supports_bidirectional:
         return
     flag = "supports_causal" if causal else "supports_bidirectional"
-    able = sorted(t.removeprefix("efficient_") for t, v in VARIANTS.items() if getattr(v.model.attention_class, flag))
+    able = sorted(t.removeprefix("efficient_") for t, v in VARIANTS.items()
+                  if getattr(v.model.attention_class, flag) and not v.conversion_refusal)
     kind, other = ("causal", "bidirectional only (an encoder: it needs is_causal=False)") if causal else \
         ("bidirectional", "causal only (a decoder: it needs is_causal=True)")
     raise ConversionError(f"{variant.model_type} is {other} and can't serve a {kind} {family.name} source; "
@@ -54,6 +62,7 @@ def target_config(variant: Variant, family: SourceFamily, source_config, head: s
     (never below a learned position table's, which would be cut; a rotary source has none and may record a shorter
     one) and rotary scaling. Needs only the source's config, so that every refusal comes before any weights are
     loaded."""
+    check_convertible(variant)
     fields = family.backbone_fields(source_config)
     source_length = fields["max_position_embeddings"]
     learned = fields["position_embedding_type"] == "absolute"

@@ -16,13 +16,15 @@ def no_new_parameters(weights: dict[str, torch.Tensor], config) -> list[str]:
 
 @dataclass(frozen=True)
 class Variant:
-    """A registered variant: its config, bare model, the task heads it supports (keys of auto.AUTO_HEADS), and how
-    conversion initialises the parameters it adds to a pretrained backbone."""
+    """A registered variant: its config, bare model, the task heads it supports (keys of auto.AUTO_HEADS), how
+    conversion initialises the parameters it adds to a pretrained backbone, or why it refuses conversion."""
 
     config: type
     model: type
     heads: dict[str, type] = field(default_factory=dict)
     new_parameters: NewParameters = no_new_parameters
+    # why no pretrained token model converts into this variant (a model over other inputs); "" = conversion applies
+    conversion_refusal: str = ""
 
     @property
     def model_type(self) -> str:

@@ -62,6 +62,11 @@ class VariantTester:
     # True where the converted model, as saved, computes its source on one memoryless pass (no knob of the method
     # acts within it): tests/test_every_target.py then checks that equality instead of a difference
     as_converted_equals_source: bool = False
+    # the model reads token ids; False for a model over other inputs (sets of feature vectors), whose tester makes its
+    # own inputs and whose common tests built on token ids (LM heads, positions, conversion) say they don't apply
+    token_inputs: bool = True
+    # output_attentions gives one (batch, heads, queries, keys) tensor per layer (the cost warning's arithmetic)
+    attention_weights_per_layer: bool = True
 
     def config(self, style: str = "bert", **overrides):
         import hf_efficient
@@ -80,6 +85,27 @@ class VariantTester:
             attention_mask[-1, length // 3:] = 0
             input_ids[attention_mask == 0] = config.pad_token_id
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def pad_right(self, inputs: dict, config, extra: int) -> dict:
+        """`inputs` with `extra` padding positions appended to every row."""
+        pad = torch.nn.functional.pad
+        return {"input_ids": pad(inputs["input_ids"], (0, extra), value=config.pad_token_id),
+                "attention_mask": pad(inputs["attention_mask"], (0, extra), value=0)}
+
+    def empty_inputs(self, config, batch: int, length: int) -> dict:
+        return {"input_ids": torch.ones(batch, length, dtype=torch.long)}
+
+    def bad_inputs(self, config) -> list[tuple[dict, str]]:
+        """(inputs, regular expression of the ValueError they must raise)."""
+        ids = torch.randint(1, config.vocab_size, (2, 20))
+        limit = config.max_position_embeddings
+        return [
+            ({"input_ids": torch.randint(1, config.vocab_size, (1, limit + 1))}, "max_position_embeddings"),
+            ({"input_ids": ids, "attention_mask": torch.ones(2, 19)}, "shape"),
+            ({"input_ids": ids, "attention_mask": torch.ones(2, 1, 20, 20)}, "shape"),
+            ({"input_ids": ids, "attention_mask": torch.full((2, 20), -1e9)}, "only 0 and 1"),
+            ({}, "exactly one"),
+        ]
 
     def global_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros_like(input_ids)

@@ -1,0 +1,136 @@
+"""The Set Transformer paper's synthetic task kinds, with a generator of our own, training ISAB against SAB encoders.
+
+Tasks (sets of random sizes in [2, --max-size], padded in a batch with an attention_mask):
+  max     one number per element, uniform in [0, 1); the target is the set's largest (regression, num_labels=1;
+          metric: mean absolute error, lower is better)
+  unique  elements drawn with replacement from a pool of POOL random prototype vectors (plus small noise); the target
+          is how many distinct prototypes the set holds (classification over 1..POOL; metric: accuracy)
+
+Each row trains EfficientSetTransformerForSequenceClassification (PMA with one seed, one decoder SAB) from scratch
+with Adam, then evaluates on held-out batches drawn with another seed. "baseline" is the best constant prediction
+(the training targets' median for max, the most frequent count for unique), so a model that learned beats it.
+
+    python benchmarks/set_tasks.py --device cpu --steps 300           # a few minutes on a CPU
+    python benchmarks/set_tasks.py --device cuda --steps 5000 --max-size 500 --hidden 128
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+import hf_efficient
+
+TASKS = ("max", "unique")
+POOL = 10  # prototypes of the unique-counting task
+UNIQUE_FEATURES = 8
+
+
+def make_batch(task: str, batch: int, max_size: int, generator: torch.Generator, prototypes: torch.Tensor):
+    """(input_features (batch, max_size, d), attention_mask (batch, max_size), labels)."""
+    sizes = torch.randint(2, max_size + 1, (batch,), generator=generator)
+    mask = (torch.arange(max_size)[None, :] < sizes[:, None]).long()
+    if task == "max":
+        values = torch.rand(batch, max_size, 1, generator=generator)
+        labels = values[..., 0].masked_fill(mask == 0, 0.0).amax(-1)
+        return values, mask, labels
+    picks = torch.randint(0, POOL, (batch, max_size), generator=generator)
+    features = prototypes[picks] + 0.05 * torch.randn(batch, max_size, UNIQUE_FEATURES, generator=generator)
+    present = torch.zeros(batch, POOL).scatter_add_(1, picks.masked_fill(mask == 0, 0), mask.float())
+    labels = (present > 0).sum(-1) - 1  # classes 0..POOL-1 for counts 1..POOL
+    return features, mask, labels
+
+
+def build(task: str, encoder: str, args) -> torch.nn.Module:
+    config = hf_efficient.EfficientSetTransformerConfig(
+        input_size=1 if task == "max" else UNIQUE_FEATURES, hidden_size=args.hidden, intermediate_size=args.hidden,
+        num_attention_heads=4, num_hidden_layers=2, encoder_block=encoder, num_inducing_points=args.inducing,
+        num_seeds=1, num_decoder_layers=1, num_labels=1 if task == "max" else POOL,
+        problem_type="regression" if task == "max" else "single_label_classification")
+    return hf_efficient.EfficientSetTransformerForSequenceClassification(config)
+
+
+def evaluate(model, batches, task: str) -> float:
+    model.eval()
+    errors, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for features, mask, labels in batches:
+            logits = model(input_features=features, attention_mask=mask).logits
+            if task == "max":
+                errors += (logits[:, 0] - labels).abs().sum().item()
+            else:
+                correct += (logits.argmax(-1) == labels).sum().item()
+            count += labels.shape[0]
+    model.train()
+    return errors / count if task == "max" else correct / count
+
+
+def baseline(task: str, labels: torch.Tensor, batches) -> float:
+    """The metric of the best constant prediction, fitted on `labels` (training targets)."""
+    targets = torch.cat([batch[2] for batch in batches])
+    if task == "max":
+        return (targets - labels.float().median()).abs().mean().item()
+    return (targets == labels.mode().values).float().mean().item()
+
+
+def run(task: str, encoder: str, args, device: torch.device) -> dict:
+    torch.manual_seed(args.seed)
+    prototypes = torch.randn(POOL, UNIQUE_FEATURES, generator=torch.Generator().manual_seed(args.seed))
+    model = build(task, encoder, args).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    train = torch.Generator().manual_seed(args.seed + 1)
+    held_out = torch.Generator().manual_seed(args.seed + 2)
+    eval_batches = [tuple(t.to(device) for t in make_batch(task, args.batch, args.max_size, held_out, prototypes))
+                    for _ in range(args.eval_batches)]
+    seen = []
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        features, mask, labels = (t.to(device) for t in make_batch(task, args.batch, args.max_size, train, prototypes))
+        seen.append(labels.cpu())
+        loss = model(input_features=features, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return dict(task=task, encoder=encoder, params=sum(p.numel() for p in model.parameters()), steps=args.steps,
+                seconds=seconds, metric=evaluate(model, eval_batches, task),
+                baseline=baseline(task, torch.cat(seen), [[t.cpu() for t in b] for b in eval_batches]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-size", type=int, default=30, help="largest set (sizes are uniform in [2, this])")
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--inducing", type=int, default=8, help="ISAB's inducing points")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-batches", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch", "hidden", "inducing", "eval_batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_size < 2:
+        parser.error("--max-size must be at least 2 (sets of 2 or more elements)")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; use --device cpu")
+    print("| task | encoder | parameters | steps | train s | metric | constant baseline |")
+    print("|---|---|---|---|---|---|---|")
+    for task in args.tasks:
+        for encoder in ("isab", "sab"):
+            row = run(task, encoder, args, device)
+            name = "MAE (lower is better)" if task == "max" else "accuracy"
+            print(f"| {task} | {encoder}{f' (m={args.inducing})' if encoder == 'isab' else ''} | {row['params']} "
+                  f"| {row['steps']} | {row['seconds']:.1f} | {name} {row['metric']:.4f} | {row['baseline']:.4f} |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
