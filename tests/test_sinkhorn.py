@@ -222,6 +222,28 @@ def test_each_block_attends_its_own_block_and_its_sorted_partner(style, training
     torch.testing.assert_close((weights @ values).transpose(1, 2) * real, reference * real, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("style", STYLES)
+def test_an_input_shorter_than_a_block_runs_as_one_block_of_its_own_length(style, training):
+    """11 tokens under block_size=32: the model runs one 11-token block (the sort of a single block is the identity),
+    equal to the reference padded to the whole block, with and without a padded row."""
+    torch.manual_seed(0)
+    model = EfficientSinkhornModel(config(style, block_size=32, gumbel_noise=True)).train(training)
+    attention, causal = model.layers[0].self_attn, STYLES[style]
+    assert (attention.block_size_for(11), attention.block_size_for(40)) == (11, 32)
+    query, key, value = attention.project(torch.randn(3, 11, model.config.hidden_size), None)
+    keep = torch.ones(3, 11, dtype=torch.bool)
+    keep[1, 7:] = False
+    with torch.no_grad():
+        for mask in (None, keep):
+            sort_padded, sort_short = attention.sort(key, mask, 32), attention.sort(key, mask, 11)
+            padded, _ = sinkhorn_reference(attention, query, key, value, mask, sort_padded, 32, causal, None)
+            short = sinkhorn_blocked(attention, query, key, value, mask, sort_short, 11, causal, None)
+            real = keep[:, :, None, None] if mask is not None else torch.ones(3, 11, 1, 1, dtype=torch.bool)
+            assert padded.abs().max() > 1e-2  # real outputs, not zeros
+            torch.testing.assert_close(short * real, padded * real, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_eval_sort_is_hard_and_the_weights_cover_exactly_the_two_blocks(style):
     attention, (query, key, value, keep), sort = attention_inputs(style, training=False)

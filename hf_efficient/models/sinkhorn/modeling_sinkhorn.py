@@ -48,14 +48,22 @@ class EfficientSinkhornAttention(EfficientAttention):
     def lora_trained_in_full(cls, config: EfficientSinkhornConfig) -> tuple[str, ...]:
         return ("sort_net",)
 
-    def sort(self, key: torch.Tensor, keep: torch.Tensor | None):
-        """The block sort of keys (batch, kv_heads, N, d) under the keep-mask (batch, N), as the config says."""
+    def block_size_for(self, length: int) -> int:
+        """The config's block size, or the input's length when the input is shorter than one block: a single block
+        sorts to itself either way, and padding it to `block_size` would only add masked work (a 512-token input to
+        a model whose one block spans 8192 positions)."""
+        return max(1, min(self.config.block_size, length))
+
+    def sort(self, key: torch.Tensor, keep: torch.Tensor | None, block_size: int | None = None):
+        """The block sort of keys (batch, kv_heads, N, d) under the keep-mask (batch, N), in blocks of `block_size`
+        (default: the config's)."""
         config = self.config
-        keep_padded, blocks = padded_keep(keep, key.shape[0], key.shape[2], config.block_size, key.device)
-        keep_blocks = None if keep_padded is None else keep_padded.view(key.shape[0], blocks, config.block_size)
+        block_size = block_size or config.block_size
+        keep_padded, blocks = padded_keep(keep, key.shape[0], key.shape[2], block_size, key.device)
+        keep_blocks = None if keep_padded is None else keep_padded.view(key.shape[0], blocks, block_size)
         if keep_blocks is not None:
             key = key * keep_padded[:, None, : key.shape[2], None].to(key.dtype)
-        return sort_blocks(self.sort_net, to_blocks(key, blocks, config.block_size), keep_blocks, self.is_causal,
+        return sort_blocks(self.sort_net, to_blocks(key, blocks, block_size), keep_blocks, self.is_causal,
                            config.sinkhorn_iterations, config.sinkhorn_temperature,
                            noise=self.training and config.gumbel_noise, hard=not self.training)
 
@@ -81,8 +89,9 @@ class EfficientSinkhornAttention(EfficientAttention):
             query, key, value = (alignment.align(states, 2) for states in (query, key, value))
             attention_mask = alignment.keep
         backend = self.choose_backend(hidden_states, output_attentions, gpu_backend=None)
-        sort = self.sort(key, attention_mask)
-        settings = (self.config.block_size, self.is_causal, self.config.sortcut_blocks)
+        block_size = self.block_size_for(key.shape[2])
+        sort = self.sort(key, attention_mask, block_size)
+        settings = (block_size, self.is_causal, self.config.sortcut_blocks)
         weights = None
         if backend == "reference":
             attended, weights = sinkhorn_reference(self, query, key, value, attention_mask, sort, *settings)
@@ -111,7 +120,7 @@ class EfficientSinkhornAttention(EfficientAttention):
             start = leading_padding(attention_mask)
             alignment = RightAlignment(attention_mask, start)
             keys, values, attention_mask = alignment.align(keys, 2), alignment.align(values, 2), alignment.keep
-        sort = self.sort(keys, attention_mask)
+        sort = self.sort(keys, attention_mask, block_size)
         query_positions = torch.arange(past_length, total, device=device)[None, :] - start[:, None]  # (batch, n)
         key_positions = torch.arange(total, device=device)
         query_blocks = (query_positions // block_size)[:, None].expand(batch, keys.shape[1], -1)
