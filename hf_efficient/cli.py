@@ -45,6 +45,8 @@ def add_convert(subparsers) -> None:
                         help="any other config field of the target, e.g. --set attention_dilation=2")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-check", action="store_true", help="skip the fidelity check")
+    parser.add_argument("--check-tokens", type=int, default=512,
+                        help="tokens of bundled real text the fidelity check compares (at most the source's length)")
     parser.add_argument("--eval-tokens", type=int, default=8192,
                         help="tokens of held-out text for the LM-loss comparison (0 = skip; needs an LM head)")
     parser.add_argument("--eval-text", default=None,
@@ -79,7 +81,7 @@ def run_convert(args) -> int:
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
         position_init=args.position_init, rope_scaling=args.rope_scaling, overwrite=args.overwrite,
-        check=not args.no_check, expect_family=args.expect_family, eval_tokens=args.eval_tokens,
+        check=not args.no_check, check_tokens=args.check_tokens, expect_family=args.expect_family, eval_tokens=args.eval_tokens,
         eval_text=args.eval_text, push_to_hub=args.push_to_hub, **options,
     )
     config = result.model.config

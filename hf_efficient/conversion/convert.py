@@ -316,6 +316,7 @@ def convert(
     rope_scaling: str | dict | None = None,
     overwrite: bool = False,
     check: bool = True,
+    check_tokens: int = 512,
     expect_family: list[str] | None = None,
     eval_tokens: int = 8192,
     eval_text: str | None = None,
@@ -324,10 +325,14 @@ def convert(
 ) -> ConversionResult:
     """The whole conversion, with progress; writes `out` when given. `options` go to the target's config.
     `expect_family` (e.g. ["bert"]) refuses a source of another family. Every refusal that needs no weights comes
-    before any work (check_before_work). The check also scores LM loss on `eval_tokens` tokens of held-out text
+    before any work (check_before_work). The check compares outputs on `check_tokens` tokens of real text (at most
+    the source's length) and also scores LM loss on `eval_tokens` tokens of held-out text
     (`eval_text` file, else news articles; 0 = skip). `out` is written whole into a temporary folder beside it that
     replaces it only once complete (output_folder.written_in_place_of). The folder is Hub-ready (hf_efficient.hub);
     `push_to_hub` (a repo id) uploads all of it after saving."""
+    if check and check_tokens < 1:
+        raise ConversionError(f"check_tokens={check_tokens}: the fidelity check needs at least one token (or pass "
+                              "check=False / --no-check to skip it).")
     source, load_kwargs, base_model = resolve_source(source)
     source_folder, out_dir = check_before_work(source, load_kwargs, target, out, overwrite, head, max_length,
                                                rope_scaling, expect_family, push_to_hub, options)
@@ -343,7 +348,7 @@ def convert(
         tokenizer = load_tokenizer(source, **load_kwargs)
         if check:
             steps.set_postfix_str("checking fidelity")
-            length = min(result.source_length, 512)
+            length = min(result.source_length, check_tokens)
             input_ids = check_input_ids(tokenizer, length, result.model.config.vocab_size)
             result.fidelity = fidelity_check(source_model, result, input_ids)
             if eval_tokens:
