@@ -34,6 +34,10 @@ DEGENERATE_TOLERANCE = {
     ("efficient_reformer", "smollm2"): None,
 }
 
+# converted with the source's positions kept, these compute the source's function on any input that fits one pass:
+# memory only enters from the second segment on (measured on SmolLM2: max abs diff 0.0)
+AS_CONVERTED_EQUALS_SOURCE = {"efficient_transformer_xl", "efficient_compressive"}
+
 
 def supports(model_type: str, causal: bool) -> bool:
     attention = VARIANTS[model_type].model.attention_class
@@ -48,7 +52,10 @@ def check_fidelity(result, source: str, exact_tolerance: float) -> None:
         assert fidelity.degenerate_overrides is None
     else:
         assert fidelity.degenerate_max_abs_diff <= tolerance, fidelity
-    assert fidelity.as_converted_max_abs_diff > 0  # measured, not skipped
+    if result.model.config.model_type in AS_CONVERTED_EQUALS_SOURCE:
+        assert fidelity.as_converted_max_abs_diff <= exact_tolerance, fidelity
+    else:
+        assert fidelity.as_converted_max_abs_diff > 0, fidelity  # measured, and the method's approximation is active
     loss = fidelity.language_model  # LM loss on held-out real text, source at its length vs converted at 4096
     if source == "minilm":  # sentence-transformers weights carry no masked-LM head: no LM loss to compare
         assert loss is None
@@ -95,10 +102,12 @@ def smollm2_folder(tmp_path_factory):
     return out
 
 
-def convert_smollm2_and_generate(source: str, model_type: str, out: Path, eval_tokens: int, tokens: int = 0) -> None:
-    """Convert to 4096 positions and score `eval_tokens` held-out tokens against the source (the converted model runs
-    them in one context); reload through the Auto class, generate, and where `tokens` is given run that many."""
-    result = convert(source, model_type, out=out, max_length=4096, eval_tokens=eval_tokens,
+def convert_smollm2_and_generate(source: str, model_type: str, out: Path, check_tokens: int, eval_tokens: int,
+                                 tokens: int = 0) -> None:
+    """Convert to 4096 positions, compare logits on `check_tokens` tokens of the check text and score `eval_tokens`
+    held-out tokens against the source (the converted model runs them in one context); reload through the Auto
+    class, generate, and where `tokens` is given run that many."""
+    result = convert(source, model_type, out=out, max_length=4096, check_tokens=check_tokens, eval_tokens=eval_tokens,
                      **KNOBS.get(model_type, {}))
     check_fidelity(result, "smollm2", exact_tolerance=1e-4)  # logits of magnitude ~35: fp32 rounding alone is ~1e-5
     assert result.fidelity.language_model.converted_context >= eval_tokens
@@ -117,16 +126,18 @@ def convert_smollm2_and_generate(source: str, model_type: str, out: Path, eval_t
 
 
 @pytest.mark.parametrize("model_type", [t for t in sorted(VARIANTS) if supports(t, causal=True)])
-def test_smollm2_converts_to_4096_positions_and_scores_512_tokens(model_type, smollm2_folder, tmp_path):
-    """Every causal variant from the real SmolLM2 (saved once from the GGUF), scored on 512 held-out tokens in one
-    context: the sweep must fit CI's time on two cores (a 4096-token CPU forward of this 135M model costs ~50-100 s
-    on one thread); the next test runs the full 4096."""
-    convert_smollm2_and_generate(str(smollm2_folder), model_type, tmp_path / model_type, eval_tokens=512)
+def test_smollm2_converts_to_4096_positions_and_scores_256_tokens(model_type, smollm2_folder, tmp_path):
+    """Every causal variant from the real SmolLM2 (saved once from the GGUF): logits compared on 128 tokens of the
+    check text, LM loss on 256 held-out tokens in one context. Sized for CI's two cores (one thread per worker: a
+    512-token forward of this 30-layer model costs ~15-20 s, 3 for the check and 2 for the loss); the next test
+    runs the full 4096."""
+    convert_smollm2_and_generate(str(smollm2_folder), model_type, tmp_path / model_type, check_tokens=128,
+                                 eval_tokens=256)
 
 
 def test_smollm2_packaged_source_converts_and_runs_4096_tokens(tmp_path):
-    """The user's path end to end: `packaged:smollm2` (GGUF) into the sliding-window model, run on 4096 tokens (the
-    LM-loss comparison on 1024 held-out tokens: scoring 4096 costs minutes on CI's two cores)."""
+    """The user's path end to end: `packaged:smollm2` (GGUF) into the sliding-window model, checked on 512 tokens,
+    run on 4096 (the LM-loss comparison on 1024 held-out tokens: scoring 4096 costs minutes on CI's two cores)."""
     require_packaged_smollm2()
     convert_smollm2_and_generate("packaged:smollm2", "efficient_longformer", tmp_path / "longformer",
-                                 eval_tokens=1024, tokens=4096)
+                                 check_tokens=512, eval_tokens=1024, tokens=4096)
