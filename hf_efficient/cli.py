@@ -81,8 +81,8 @@ def run_convert(args) -> int:
     result = convert(
         source=args.source, target=args.target, out=args.out, max_length=args.max_length, head=args.head,
         position_init=args.position_init, rope_scaling=args.rope_scaling, overwrite=args.overwrite,
-        check=not args.no_check, check_tokens=args.check_tokens, expect_family=args.expect_family, eval_tokens=args.eval_tokens,
-        eval_text=args.eval_text, push_to_hub=args.push_to_hub, **options,
+        check=not args.no_check, check_tokens=args.check_tokens, expect_family=args.expect_family,
+        eval_tokens=args.eval_tokens, eval_text=args.eval_text, push_to_hub=args.push_to_hub, **options,
     )
     config = result.model.config
     parameters = sum(p.numel() for p in result.model.parameters())
