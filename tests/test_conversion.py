@@ -186,6 +186,9 @@ def test_language_model_loss_matches_the_source_in_the_full_attention_setting(tm
     assert lm.metric == ("masked-LM loss" if head == "masked_lm" else "causal-LM loss")
     assert lm.tokens == 600 and lm.source_context == lm.converted_context == 64
     assert abs(lm.converted_loss - lm.source_loss) <= 1e-5 * lm.source_loss
+    assert wide.fidelity.tokens == 64  # check_tokens (512) capped at the source's length
+    short = convert(str(tmp_path / "src"), "longformer", max_length=64, check_tokens=20, eval_tokens=0)
+    assert short.fidelity.tokens == 20
     narrow = convert(str(tmp_path / "src"), "longformer", out=None, max_length=256, attention_window=4,
                      eval_tokens=600).fidelity.language_model
     assert narrow.converted_context == 256 and narrow.source_loss == pytest.approx(lm.source_loss)

@@ -275,6 +275,7 @@ REFUSALS = {
                                         "cut off: give --max-length 64 or more."),
     "... also without the check": (["--max-length", "32", "--no-check"], "is below the source's 64 learned positions"),
     "a bad repo id": (["--push-to-hub", "not a repo id"], "--push-to-hub not a repo id:"),
+    "an empty fidelity check": (["--check-tokens", "0"], "check_tokens=0: the fidelity check needs at least one token"),
 }
 
 
