@@ -19,6 +19,7 @@ KNOBS = {
     "efficient_longformer": {"attention_window": 512},
     "efficient_bigbird": {"block_size": 64},
     "efficient_linformer": {"projected_length": 256},
+    "efficient_sparse_transformer": {"local_size": 64},  # l ~ sqrt(N), the paper's choice
 }
 # how close the full-attention setting must come on real text, per (variant, source); None: the method has no such
 # setting. Performer's is 8192 FAVOR+ features, an unbiased estimate, not an equality: on these real models, whose
