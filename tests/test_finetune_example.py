@@ -37,22 +37,27 @@ def load_example():
     return module
 
 
-@pytest.mark.parametrize(("source", "target"), [("bert", "longformer"), ("bert", "memory_compressed"),
-                                                ("llama", "sparse_transformer")])
-def test_example_fine_tunes_a_converted_model_with_lora(tmp_path, source, target):
-    save_tiny_source(source, tmp_path / "source")
+def convert_tiny(folder: Path, source: str, target: str) -> Path:
+    """A tiny random `source` (with a tokenizer) converted to `target` in folder/converted."""
+    save_tiny_source(source, folder / "source")
     if source == "llama":  # it has no tokenizer: the letters' WordPiece, without token types (as a decoder's)
-        write_bert_tokenizer(tmp_path / "source")
-        BertTokenizerFast(vocab=str(tmp_path / "source" / "vocab.txt"),
-                          model_input_names=["input_ids", "attention_mask"]).save_pretrained(tmp_path / "source")
+        write_bert_tokenizer(folder / "source")
+        BertTokenizerFast(vocab=str(folder / "source" / "vocab.txt"),
+                          model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder / "source")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        convert(source=str(tmp_path / "source"), target=target, out=tmp_path / "converted", max_length=128,
+        convert(source=str(folder / "source"), target=target, out=folder / "converted", max_length=128,
                 **({"attention_window": 8} if target == "longformer" else {}))
     finally:
         hf_logging.set_verbosity(verbosity)
+    return folder / "converted"
 
+
+@pytest.mark.parametrize(("source", "target"), [("bert", "longformer"), ("bert", "memory_compressed"),
+                                                ("llama", "sparse_transformer")])
+def test_example_fine_tunes_a_converted_model_with_lora(tmp_path, source, target):
+    convert_tiny(tmp_path, source, target)
     example = load_example()
     out = tmp_path / "run"
     results = example.main(["--model", str(tmp_path / "converted"), "--out", str(out), *TINY_ARGS])
@@ -66,9 +71,15 @@ def test_example_fine_tunes_a_converted_model_with_lora(tmp_path, source, target
     in_full = {f"self_attn.{n}" for n in attention.lora_trained_in_full(config)} | {"classifier"}
     assert in_full | ({"pooler"} if config.use_pooler else set()) <= set(adapter["modules_to_save"])
 
-    # The merged model loads without PEFT and, on the held-out articles, scores what Trainer's metrics reported.
-    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    merged = assert_merged_model_scores_the_results(out, results)
     assert type(merged) is VARIANTS[f"efficient_{target}"].heads["sequence_classification"]
+
+
+def assert_merged_model_scores_the_results(out: Path, results: dict):
+    """The merged model loads without PEFT and, on the held-out articles, scores what Trainer's metrics reported.
+    Returns it."""
+    example = load_example()
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
     outlets = merged.config.id2label
     assert len(outlets) == 9 and "bbc.co.uk" in outlets.values()
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
@@ -80,6 +91,7 @@ def test_example_fine_tunes_a_converted_model_with_lora(tmp_path, source, target
     labels = torch.tensor(held_out["label"])
     assert results["eval_accuracy"] == pytest.approx(float((predictions == labels).float().mean()))
     assert 0.0 <= results["eval_f1"] <= 1.0
+    return merged
 
 
 def test_readme_shows_the_example_code():

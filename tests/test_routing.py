@@ -2,13 +2,10 @@
 (through the k-means step too), the k-means EMA step (value, training only, once under gradient checkpointing, equal
 on every path, all-reduced across two gloo processes), saved centroids, and the exact degenerate settings."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ranks import run_ranks
 from testers import TESTERS, enable_activation_checkpointing
 
 from hf_efficient import EfficientRoutingConfig, EfficientRoutingForCausalLM, EfficientRoutingModel
@@ -284,30 +281,18 @@ def test_moved_centroids_are_saved_and_loaded(tmp_path):
 # ------------------------------------------------------------------------------- torch.distributed (gloo, 2 CPUs)
 
 
-def distributed_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)  # the same model in both processes
-        model = EfficientRoutingModel(config(centroid_decay=0.5)).train()
-        inputs = TESTER.inputs(model.config, seed=10 + rank)  # different data
-        model(**inputs)
-        torch.save([layer.self_attn.centroids for layer in model.layers], f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def distributed_worker(rank: int, world: int, out: str) -> None:
+    torch.manual_seed(0)  # the same model in both processes
+    model = EfficientRoutingModel(config(centroid_decay=0.5)).train()
+    inputs = TESTER.inputs(model.config, seed=10 + rank)  # different data
+    model(**inputs)
+    torch.save([layer.self_attn.centroids for layer in model.layers], f"{out}/rank{rank}.pt")
 
 
 def test_kmeans_step_is_all_reduced_across_processes(tmp_path):
     """Two gloo processes with different batches end with the same centroids: those of one process given both
     batches (the all-reduced sums and counts), which differ from either process's own."""
-    mp.spawn(distributed_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(distributed_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     torch.manual_seed(0)
     alone = EfficientRoutingModel(config(centroid_decay=0.5)).train()

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import EfficientAttention
+from ..core.distributed import distributed
 
 LAYER_SEED_STRIDE = 100003  # layer l's centroids come from seed * LAYER_SEED_STRIDE + l
 
@@ -234,7 +235,7 @@ def centroid_statistics(vectors: torch.Tensor, centroids: torch.Tensor,
 def moved_centroids(centroids: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, decay: float) -> torch.Tensor:
     """One EMA step of k-means: mu_c <- normalize(decay mu_c + (1 - decay) sums_c / counts_c) where counts_c > 0, with
     sums and counts first summed over the processes of torch.distributed (when initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed():
         torch.distributed.all_reduce(sums)
         torch.distributed.all_reduce(counts)
     means = sums / counts.clamp(min=1)[:, None]

@@ -311,9 +311,9 @@ class EfficientBigBirdConfig(EfficientConfig):
     seed: seeds the random blocks, with the layer index and the number of blocks: the pattern is a pure function of
         (seed, layer, length), so outputs are reproducible and survive save/load. Redraw with
         `model.base_model.resample_random_blocks()`.
-    resample_random_blocks_in_training: draw a fresh random pattern in every training forward (from torch's global
-        generator, like dropout: reproducible under `torch.manual_seed`, replayed by gradient checkpointing); eval
-        always uses the `seed` pattern.
+    resample_random_blocks_in_training: draw a fresh random pattern in every training forward (one seed per forward
+        from torch's global generator, like dropout: reproducible under `torch.manual_seed`, reused by gradient
+        checkpointing; under torch.distributed rank 0's seed on every rank); eval always uses the `seed` pattern.
 
     A row of at most g + w + 2r blocks is too short for the sparse pattern (as in transformers' BigBird) and gets
     exact full attention. BigBird is bidirectional: `is_causal=True` is refused.

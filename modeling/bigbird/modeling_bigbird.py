@@ -1031,6 +1031,24 @@ def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | Non
     return cache if cache is not None else past_key_values
 
 
+# from hf_efficient/core/distributed.py
+def distributed() -> bool:
+    """Whether this process is one of a torch.distributed group (initialised)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def shared_seed(high: int) -> int:
+    """A seed in [0, high) from torch's global generator; under torch.distributed rank 0's on every process (their
+    generators drift apart, e.g. through dropout on batches of other shapes or per-rank seeds), so that a redraw or
+    a per-step draw gives every rank the same random features, blocks or tables. A collective: every rank calls it."""
+    seed = int(torch.randint(0, high, (1,)))
+    if distributed():
+        box = [seed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        seed = box[0]
+    return seed
+
+
 # from hf_efficient/core/lm_loss.py
 IGNORE_INDEX = -100
 
@@ -1779,7 +1797,9 @@ class EfficientBigBirdAttention(EfficientAttention):
         layout = shared_state["bigbird_layout"]
         draw = None
         if self.training and config.resample_random_blocks_in_training:
-            draw = int(torch.randint(0, 2**62, (1,)))  # torch's global generator, like dropout
+            if "bigbird_draw" not in shared_state:  # one per forward (patterns differ by layer), the same on every rank
+                shared_state["bigbird_draw"] = shared_seed(2**62)
+            draw = shared_state["bigbird_draw"]
         backend = self.backend(hidden_states, output_attentions)
         if backend == "flex":
             attended, weights = self.flex_forward(query, key, value, attention_mask, global_attention_mask, draw,
@@ -1815,8 +1835,9 @@ class EfficientBigBirdModel(EfficientModel):
 
     def resample_random_blocks(self, seed: int | None = None) -> int:
         """Redraw every layer's random blocks by changing config.seed (to `seed`, or one drawn from torch's global
-        generator); saved with the config, so save/load keeps the new pattern. Returns the seed."""
-        self.config.seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        generator, rank 0's under torch.distributed); saved with the config, so save/load keeps the new pattern.
+        Returns the seed."""
+        self.config.seed = shared_seed(2**31 - 1) if seed is None else int(seed)
         return self.config.seed
 
 

@@ -816,6 +816,24 @@ def returned_cache(output: ModelOutput) -> Cache | None:
     return getattr(output, CACHE_FIELD)
 
 
+# from hf_efficient/core/distributed.py
+def distributed() -> bool:
+    """Whether this process is one of a torch.distributed group (initialised)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def shared_seed(high: int) -> int:
+    """A seed in [0, high) from torch's global generator; under torch.distributed rank 0's on every process (their
+    generators drift apart, e.g. through dropout on batches of other shapes or per-rank seeds), so that a redraw or
+    a per-step draw gives every rank the same random features, blocks or tables. A collective: every rank calls it."""
+    seed = int(torch.randint(0, high, (1,)))
+    if distributed():
+        box = [seed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        seed = box[0]
+    return seed
+
+
 # from hf_efficient/core/lm_loss.py
 IGNORE_INDEX = -100
 
@@ -1584,8 +1602,9 @@ class EfficientPerformerAttention(EfficientAttention):
 
     @torch.no_grad()
     def redraw_features(self, seed: int | None = None) -> None:
-        """Draw new random features in place (from `seed`, or from torch's global RNG when None)."""
-        seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+        """Draw new random features in place (from `seed`, or from torch's global RNG when None: rank 0's under
+        torch.distributed, so every rank draws the same)."""
+        seed = shared_seed(2**31) if seed is None else seed
         self.random_features.copy_(self.draw_features(seed))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -1704,8 +1723,9 @@ class EfficientPerformerModel(EfficientModel):
 
 def redraw_features(model: nn.Module, seed: int | None = None) -> None:
     """Redraw the random features of every FAVOR+ layer in `model` (a bare model or any head) and store the seed as
-    the config's feature_seed, from which a checkpoint that lacks them rebuilds them."""
-    seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+    the config's feature_seed, from which a checkpoint that lacks them rebuilds them. A fresh seed (None) is rank 0's
+    under torch.distributed (every rank calls it), so the ranks keep equal features."""
+    seed = shared_seed(2**31) if seed is None else seed
     for module in model.modules():
         if isinstance(module, EfficientPerformerAttention):
             module.redraw_features(seed)

@@ -611,6 +611,12 @@ def gather_positions(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return states.gather(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim))
 
 
+# from hf_efficient/core/distributed.py
+def distributed() -> bool:
+    """Whether this process is one of a torch.distributed group (initialised)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 # from hf_efficient/attention/routing.py
 LAYER_SEED_STRIDE = 100003  # layer l's centroids come from seed * LAYER_SEED_STRIDE + l
 
@@ -806,7 +812,7 @@ def centroid_statistics(vectors: torch.Tensor, centroids: torch.Tensor,
 def moved_centroids(centroids: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, decay: float) -> torch.Tensor:
     """One EMA step of k-means: mu_c <- normalize(decay mu_c + (1 - decay) sums_c / counts_c) where counts_c > 0, with
     sums and counts first summed over the processes of torch.distributed (when initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed():
         torch.distributed.all_reduce(sums)
         torch.distributed.all_reduce(counts)
     means = sums / counts.clamp(min=1)[:, None]

@@ -700,6 +700,24 @@ def returned_cache(output: ModelOutput) -> Cache | None:
     return getattr(output, CACHE_FIELD)
 
 
+# from hf_efficient/core/distributed.py
+def distributed() -> bool:
+    """Whether this process is one of a torch.distributed group (initialised)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def shared_seed(high: int) -> int:
+    """A seed in [0, high) from torch's global generator; under torch.distributed rank 0's on every process (their
+    generators drift apart, e.g. through dropout on batches of other shapes or per-rank seeds), so that a redraw or
+    a per-step draw gives every rank the same random features, blocks or tables. A collective: every rank calls it."""
+    seed = int(torch.randint(0, high, (1,)))
+    if distributed():
+        box = [seed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        seed = box[0]
+    return seed
+
+
 # from hf_efficient/core/lm_loss.py
 IGNORE_INDEX = -100
 
@@ -1633,10 +1651,10 @@ class EfficientSynthesizerModel(EfficientModel):
 
     @torch.no_grad()
     def redraw_random_synthesizers(self, seed: int | None = None) -> int:
-        """Draw every layer's random tables (R, R1, R2) anew from `seed` (or one drawn from torch's global generator)
-        and store the seed in the config. Fixed tables are then those of the new seed, saved with the model.
-        Returns the seed."""
-        self.config.seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        """Draw every layer's random tables (R, R1, R2) anew from `seed` (or one drawn from torch's global generator,
+        rank 0's under torch.distributed) and store the seed in the config. Fixed tables are then those of the new seed,
+        saved with the model. Returns the seed."""
+        self.config.seed = shared_seed(2**31 - 1) if seed is None else int(seed)
         for layer in self.layers:
             attention = layer.self_attn
             for component in RANDOM_COMPONENTS:

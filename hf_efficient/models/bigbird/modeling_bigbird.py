@@ -21,6 +21,7 @@ from ...attention.block_sparse import (
 )
 from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available, pad_length
 from ...core.attention import EfficientAttention, repeat_kv
+from ...core.distributed import shared_seed
 from ...core.heads import (
     EfficientForMaskedLM,
     EfficientForQuestionAnswering,
@@ -138,7 +139,9 @@ class EfficientBigBirdAttention(EfficientAttention):
         layout = shared_state["bigbird_layout"]
         draw = None
         if self.training and config.resample_random_blocks_in_training:
-            draw = int(torch.randint(0, 2**62, (1,)))  # torch's global generator, like dropout
+            if "bigbird_draw" not in shared_state:  # one per forward (patterns differ by layer), the same on every rank
+                shared_state["bigbird_draw"] = shared_seed(2**62)
+            draw = shared_state["bigbird_draw"]
         backend = self.backend(hidden_states, output_attentions)
         if backend == "flex":
             attended, weights = self.flex_forward(query, key, value, attention_mask, global_attention_mask, draw,
@@ -180,8 +183,9 @@ class EfficientBigBirdModel(EfficientModel):
 
     def resample_random_blocks(self, seed: int | None = None) -> int:
         """Redraw every layer's random blocks by changing config.seed (to `seed`, or one drawn from torch's global
-        generator); saved with the config, so save/load keeps the new pattern. Returns the seed."""
-        self.config.seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        generator, rank 0's under torch.distributed); saved with the config, so save/load keeps the new pattern.
+        Returns the seed."""
+        self.config.seed = shared_seed(2**31 - 1) if seed is None else int(seed)
         return self.config.seed
 
 

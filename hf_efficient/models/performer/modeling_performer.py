@@ -17,6 +17,7 @@ from ...attention.favor import (
 )
 from ...attention.flex import bucket_keep, bucket_length, pad_length
 from ...core.attention import EfficientAttention
+from ...core.distributed import shared_seed
 from ...core.heads import (
     EfficientForCausalLM,
     EfficientForMaskedLM,
@@ -88,8 +89,9 @@ class EfficientPerformerAttention(EfficientAttention):
 
     @torch.no_grad()
     def redraw_features(self, seed: int | None = None) -> None:
-        """Draw new random features in place (from `seed`, or from torch's global RNG when None)."""
-        seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+        """Draw new random features in place (from `seed`, or from torch's global RNG when None: rank 0's under
+        torch.distributed, so every rank draws the same)."""
+        seed = shared_seed(2**31) if seed is None else seed
         self.random_features.copy_(self.draw_features(seed))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -214,8 +216,9 @@ class EfficientPerformerModel(EfficientModel):
 
 def redraw_features(model: nn.Module, seed: int | None = None) -> None:
     """Redraw the random features of every FAVOR+ layer in `model` (a bare model or any head) and store the seed as
-    the config's feature_seed, from which a checkpoint that lacks them rebuilds them."""
-    seed = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
+    the config's feature_seed, from which a checkpoint that lacks them rebuilds them. A fresh seed (None) is rank 0's
+    under torch.distributed (every rank calls it), so the ranks keep equal features."""
+    seed = shared_seed(2**31) if seed is None else seed
     for module in model.modules():
         if isinstance(module, EfficientPerformerAttention):
             module.redraw_features(seed)

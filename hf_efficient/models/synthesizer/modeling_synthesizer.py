@@ -17,6 +17,7 @@ from ...attention.synthetic import (
     table_positions,
 )
 from ...core.attention import EfficientAttention, repeat_kv
+from ...core.distributed import shared_seed
 from ...core.heads import (
     EfficientForCausalLM,
     EfficientForMaskedLM,
@@ -291,10 +292,10 @@ class EfficientSynthesizerModel(EfficientModel):
 
     @torch.no_grad()
     def redraw_random_synthesizers(self, seed: int | None = None) -> int:
-        """Draw every layer's random tables (R, R1, R2) anew from `seed` (or one drawn from torch's global generator)
-        and store the seed in the config. Fixed tables are then those of the new seed, saved with the model.
-        Returns the seed."""
-        self.config.seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        """Draw every layer's random tables (R, R1, R2) anew from `seed` (or one drawn from torch's global generator,
+        rank 0's under torch.distributed) and store the seed in the config. Fixed tables are then those of the new seed,
+        saved with the model. Returns the seed."""
+        self.config.seed = shared_seed(2**31 - 1) if seed is None else int(seed)
         for layer in self.layers:
             attention = layer.self_attn
             for component in RANDOM_COMPONENTS:
