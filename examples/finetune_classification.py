@@ -11,7 +11,7 @@ variant, encoder or decoder). Writes the LoRA adapter to --out, the adapter merg
 (loads with AutoModelForSequenceClassification, no PEFT needed) and the held-out metrics to --out/eval_results.json.
 
 On several GPUs (DDP; --batch-size is per process, so the global batch is the processes times it; only the main
-process writes the outputs; on CPU processes set ACCELERATE_USE_CPU=true, or Trainer trains each process alone):
+process writes the outputs; without a GPU the processes join over gloo):
 
     torchrun --nproc_per_node 2 examples/finetune_classification.py --model minilm-longformer-4096 \
         --out outlet-classifier
@@ -20,9 +20,11 @@ process writes the outputs; on CPU processes set ACCELERATE_USE_CPU=true, or Tra
 import argparse
 import importlib.util
 import json
+import os
 import urllib.parse
 from pathlib import Path
 
+import torch
 from datasets import ClassLabel, load_dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
@@ -73,6 +75,16 @@ def news_articles():
     return articles.cast_column("label", ClassLabel(names=outlets))
 
 
+def refuse_lone_processes(training_args: TrainingArguments) -> None:
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1), refuse a Trainer that would train each process alone on
+    all the data (what transformers' Trainer does with several CPU processes unless it is told to use the CPU)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise SystemExit(f"error: {launched} processes were launched but Trainer runs on {training_args.world_size}: "
+                         "each would train alone. Launch with `accelerate launch` (--cpu without a GPU) or set "
+                         "ACCELERATE_USE_CPU=true on CPU processes, or run a single process.")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     articles = news_articles().train_test_split(test_size=args.eval_docs, seed=args.seed)
@@ -116,12 +128,16 @@ def main(argv=None) -> dict:
         return {**accuracy.compute(predictions=predictions, references=eval_pred.label_ids),
                 **f1.compute(predictions=predictions, references=eval_pred.label_ids, average="macro")}
 
+    training_args = TrainingArguments(
+        output_dir=args.out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, num_train_epochs=args.epochs, max_steps=args.max_steps, logging_steps=10,
+        save_strategy="no", report_to=[], seed=args.seed,
+        # several processes without a GPU: tell Trainer to use the CPU, so torchrun's ranks train as one (gloo)
+        use_cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    refuse_lone_processes(training_args)
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(output_dir=args.out, per_device_train_batch_size=args.batch_size,
-                               per_device_eval_batch_size=args.batch_size, learning_rate=args.learning_rate,
-                               num_train_epochs=args.epochs, max_steps=args.max_steps, logging_steps=10,
-                               save_strategy="no", report_to=[], seed=args.seed),
+        args=training_args,
         train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
     )

@@ -218,15 +218,38 @@ def example_worker(rank: int, world: int, model: str, out: str, records: str) ->
     from test_finetune_example import TINY_ARGS, load_example
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    os.environ["ACCELERATE_USE_CPU"] = "true"  # what `accelerate launch --cpu` sets: without it, and without a GPU,
-    writes = []  # Trainer does not run DDP under torchrun but trains each process alone
+    os.environ.pop("ACCELERATE_USE_CPU", None)  # the plain torchrun command: the example itself must join the ranks
+    writes, trained = [], {}
+    train = Trainer.train
+
+    def recording_train(self, *args, **kwargs):
+        output = train(self, *args, **kwargs)
+        trained.update(world_size=self.args.world_size, steps=self.state.global_step)
+        return output
+    Trainer.train = recording_train
     for owner in (PreTrainedModel, PreTrainedTokenizerBase, PeftModel):
         def recording(self, *args, _save=owner.save_pretrained, **kwargs):
             writes.append(type(self).__name__)
             return _save(self, *args, **kwargs)
         owner.save_pretrained = recording
     results = load_example().main(["--model", model, "--out", out, *TINY_ARGS])
-    torch.save({"results": results, "writes": writes}, f"{records}/example{rank}.pt")
+    torch.save({"results": results, "writes": writes, "trained": trained}, f"{records}/example{rank}.pt")
+
+
+def test_example_refuses_processes_that_would_train_alone(monkeypatch):
+    """Launched as 2 processes while Trainer runs on 1 (e.g. CPU processes it was not told to join): an error that
+    says how to launch, not two lone trainings."""
+    from types import SimpleNamespace
+
+    from test_finetune_example import load_example
+
+    example = load_example()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="each would train alone. Launch with `accelerate launch`"):
+        example.refuse_lone_processes(SimpleNamespace(world_size=1))
+    example.refuse_lone_processes(SimpleNamespace(world_size=2))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    example.refuse_lone_processes(SimpleNamespace(world_size=1))
 
 
 def test_example_runs_on_two_processes_and_only_rank_zero_writes(tmp_path):
@@ -240,6 +263,7 @@ def test_example_runs_on_two_processes_and_only_rank_zero_writes(tmp_path):
     ranks = [torch.load(tmp_path / "records" / f"example{rank}.pt") for rank in range(WORLD)]
     metrics = [{name: rank["results"][name] for name in ("eval_loss", "eval_accuracy", "eval_f1")} for rank in ranks]
     assert metrics[0] == metrics[1]
+    assert [rank["trained"]["world_size"] for rank in ranks] == [WORLD] * WORLD  # one DDP run, not two lone ones
     assert ranks[0]["writes"] and not ranks[1]["writes"], ranks[1]["writes"]
     out = tmp_path / "run"
     assert (out / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
