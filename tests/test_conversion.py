@@ -88,6 +88,18 @@ def test_converted_masked_lm_reproduces_its_source(tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_a_head_the_source_lacks_is_checked_on_the_backbone(tmp_path):
+    """A bare encoder converted with a classification head: the classifier is new (random), so the check compares
+    the backbones' last hidden states (it compared the classifier's logits to the hidden states and crashed)."""
+    save_tiny_bert(tmp_path / "bert", seed=4)
+    result = convert(str(tmp_path / "bert"), "longformer", out=None, max_length=256, attention_window=8,
+                     head="sequence_classification")
+    assert type(result.model) is hf_efficient.EfficientLongformerForSequenceClassification
+    assert result.new_head_parameters and all(k.startswith("classifier") for k in result.new_head_parameters)
+    assert result.fidelity.compared == "last_hidden_state" and result.fidelity.degenerate_max_abs_diff <= 1e-5
+    assert result.fidelity.as_converted_max_abs_diff > 1e-3, "window 8 on the check text is really sparse"
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_causal_sources_convert_to_causal_longformer(tmp_path, family):
     torch.manual_seed(2)

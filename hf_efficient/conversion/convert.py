@@ -230,13 +230,16 @@ def check_input_ids(tokenizer, length: int, vocab_size: int) -> torch.Tensor:
 def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, input_ids: torch.Tensor) -> FidelityReport:
     """Max |difference| to the source of (a) the variant in its full-attention setting, (b) the model as converted."""
     model = result.model
+    # a bare-model conversion (e.g. ELECTRA's discriminator, whose own head has no counterpart) and a head the source
+    # lacks (e.g. a classifier on a bare encoder: newly initialised, so nothing to compare) compare the backbones
+    backbones = result.head == "model" or bool(result.new_head_parameters)
 
     def output(m):
-        out = m(input_ids=input_ids)
-        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+        if backbones:
+            return m.base_model(input_ids=input_ids).last_hidden_state
+        return m(input_ids=input_ids).logits
 
-    # a bare-model conversion (e.g. ELECTRA's discriminator, whose own head has no counterpart) compares backbones
-    reference = output(source_model if result.head != "model" else source_model.base_model)
+    reference = output(source_model)
     overrides, degenerate_difference = None, None
     try:
         overrides = model.config.full_attention_overrides(result.source_length)
@@ -247,7 +250,7 @@ def fidelity_check(source_model: torch.nn.Module, result: ConversionResult, inpu
         degenerate.load_state_dict(model.state_dict())
         degenerate_difference = float((output(degenerate) - reference).abs().max())
     return FidelityReport(
-        compared="logits" if result.head != "model" else "last_hidden_state",
+        compared="last_hidden_state" if backbones else "logits",
         tokens=input_ids.shape[1],
         degenerate_overrides=overrides,
         degenerate_max_abs_diff=degenerate_difference,
