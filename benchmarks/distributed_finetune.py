@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> None:
         training = transformers.TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=args.batch, max_steps=args.steps,
             learning_rate=args.learning_rate, lr_scheduler_type="constant", bf16=on_gpu, use_cpu=not on_gpu,
-            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+            logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
             data_seed=0, dataloader_num_workers=2 if on_gpu else 0, dataloader_drop_last=True,
             remove_unused_columns=False, ddp_find_unused_parameters=False, **fsdp)
         if training.world_size != world:
@@ -91,7 +91,7 @@ def train(args: argparse.Namespace) -> None:
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     if training.process_index == 0:
         steady = statistics.median(timer.times[args.warmup_steps:])
-        run = {"label": args.label, "processes": world, "dropout": args.dropout, "batch_per_process": args.batch,
+        run = {"label": args.label, "processes": world, "dropout": args.dropout, "log_every": args.log_every, "batch_per_process": args.batch,
                "global_batch": world * args.batch, "fsdp": args.fsdp, "losses": log.losses, "step_s": timer.times,
                "steady_step_s": steady,
                "samples_per_s": world * args.batch / steady, "peak_gib": float(peak),
@@ -140,6 +140,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady median")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--log-every", type=int, default=1, help="steps between logged losses (each log is a "
+                        "collective over the processes and a host sync)")
     parser.add_argument("--dropout", type=float, help="set every dropout probability of the model (default: its own)")
     parser.add_argument("--fsdp", action="store_true", help="shard with Trainer's FSDP, one unit per EfficientBlock")
     parser.add_argument("--report", action="store_true", help="write OUT/distributed.md from OUT's runs, train nothing")
