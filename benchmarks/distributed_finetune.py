@@ -75,8 +75,8 @@ def train(args: argparse.Namespace) -> None:
         training = transformers.TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=args.batch, max_steps=args.steps,
             learning_rate=args.learning_rate, lr_scheduler_type="constant", bf16=on_gpu, use_cpu=not on_gpu,
-            logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-            data_seed=0, dataloader_num_workers=2 if on_gpu else 0, dataloader_drop_last=True,
+            logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+            seed=0, data_seed=0, dataloader_num_workers=2 if on_gpu else 0, dataloader_drop_last=True,
             remove_unused_columns=False, ddp_find_unused_parameters=False, **fsdp)
         if training.world_size != world:
             raise SystemExit(f"error: launched {world} processes but Trainer runs on {training.world_size}")
@@ -91,7 +91,8 @@ def train(args: argparse.Namespace) -> None:
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     if training.process_index == 0:
         steady = statistics.median(timer.times[args.warmup_steps:])
-        run = {"label": args.label, "processes": world, "dropout": args.dropout, "log_every": args.log_every, "batch_per_process": args.batch,
+        run = {"label": args.label, "processes": world, "dropout": args.dropout, "log_every": args.log_every,
+               "batch_per_process": args.batch,
                "global_batch": world * args.batch, "fsdp": args.fsdp, "losses": log.losses, "step_s": timer.times,
                "steady_step_s": steady,
                "samples_per_s": world * args.batch / steady, "peak_gib": float(peak),
@@ -109,7 +110,8 @@ def report(out: Path) -> str:
              "same batch per process | peak GiB (busiest rank) | max abs loss diff vs 1 process, same global batch "
              "(steps) | mean loss, last 10 steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        alike = [r for r in lone if r.get("dropout") == run.get("dropout")]
+        alike = [r for r in lone if (r.get("dropout"), r.get("log_every", 1)) == (run.get("dropout"),
+                                                                                     run.get("log_every", 1))]
         same_batch = next((r for r in alike if r["batch_per_process"] == run["batch_per_process"]), None)
         same_global = next((r for r in alike if r["global_batch"] == run["global_batch"]), None)
         scaling = f"{run['samples_per_s'] / same_batch['samples_per_s']:.2f}x" if same_batch else "-"
