@@ -30,8 +30,9 @@ def to_lines(states: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, .
 
 
 def from_lines(lines: torch.Tensor, moved_shape: tuple[int, ...], dim: int) -> torch.Tensor:
-    """The inverse of `to_lines`: (lines, n, features) -> (batch, H, W, C, features)."""
-    return lines.reshape(*moved_shape[:4], lines.shape[-1]).movedim(3, dim)
+    """The inverse of `to_lines`: (lines, n, features) -> (batch, H, W, C, features), contiguous (a strided input
+    takes another matmul path in the next projection, whose rounding would differ from a wrapped copy's, e.g. LoRA)."""
+    return lines.reshape(*moved_shape[:4], lines.shape[-1]).movedim(3, dim).contiguous()
 
 
 def line_keep(keep: torch.Tensor | None, dim: int) -> torch.Tensor | None:

@@ -80,6 +80,17 @@ class EfficientAxialConfig(EfficientConfig):
         height, width, channels = self.grid
         return height * width * channels
 
+    @property
+    def attention_layer_types(self) -> list[str]:
+        """The axis of every attention block, in the order of the model's `attentions` output."""
+        channel = ["channel"] if self.num_channels > 1 else []
+        if not self.is_causal:
+            return ["row", "column", *channel] * self.num_hidden_layers
+        stage = self.num_channel_layers if self.num_channels > 1 else 0
+        return (["outer row", *(f"outer {c}" for c in channel), "outer masked column"] * self.num_hidden_layers
+                + [*(f"inner {c}" for c in channel), "inner masked row"] * self.num_hidden_layers
+                + ["masked channel"] * stage)
+
     def validate_mechanism(self) -> None:
         size = self.image_size
         if isinstance(size, int) and not isinstance(size, bool):
@@ -114,8 +125,12 @@ class EfficientAxialConfig(EfficientConfig):
     def describe_attention(self) -> str:
         height, width, channels = self.grid
         shape = f"{height}x{width}x{channels} images, {self.num_levels} levels"
+        rgb = channels > 1
         if self.is_causal:
-            return (f"Axial causal decoder ({shape}): {self.num_hidden_layers} outer layers (row, channel, masked "
-                    f"column attention over the image shifted down), {self.num_hidden_layers} inner layers (channel, "
-                    f"masked row attention, shifted right), {self.num_channel_layers} masked channel layer(s)")
-        return f"Axial encoder ({shape}): {self.num_hidden_layers} layers of row, column and channel attention"
+            stage = f", {self.num_channel_layers} masked channel layer(s)" if rgb else ""
+            return (f"Axial causal decoder ({shape}): {self.num_hidden_layers} outer layers (row, "
+                    f"{'channel, ' * rgb}masked column attention over the image shifted down), "
+                    f"{self.num_hidden_layers} inner layers ({'channel, ' * rgb}masked row attention, shifted "
+                    f"right){stage}")
+        return (f"Axial encoder ({shape}): {self.num_hidden_layers} layers of row, column"
+                f"{' and channel' * rgb} attention")

@@ -155,9 +155,11 @@ class EfficientAxialModel(EfficientAxialPreTrainedModel):
         config = self.config
         if input_ids is None:
             raise ValueError("Pass exactly one input: input_ids (batch, sub-pixels in raster order).")
-        if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; it needs (batch, length) with at least "
-                             "one row and one token.")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; it needs (batch, length).")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; pass at least one row (an image) of at "
+                             "least one token.")
         batch, length = input_ids.shape
         total, causal = config.num_subpixels, config.is_causal
         if length > total + causal:
