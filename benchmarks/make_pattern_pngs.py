@@ -83,6 +83,16 @@ PICTURES = [
                      "cmem_len=32", "compression_rate=4"],
      "Compressive Transformer, mem_len = 64, cmem_len = 32, rate 4, the second segment of 256: every query sees "
      "the 32 compressed slots, the 64 memory states and the segment up to itself"),
+    ("axial_encoder", ["axial", "--support", "--length", "192", "--heads", "0", "image_size=[8,8]",
+                       "num_channels=3"],
+     "Axial encoder on an 8 x 8 RGB image (192 sub-pixels in raster order (row, column, channel)), head 0 of each "
+     "block: row attention (the query's image row, same channel), column attention (its column, same channel), "
+     "channel attention (its pixel's 3 channels), twice"),
+    ("axial_decoder", ["axial", "--support", "--causal", "--length", "192", "--heads", "0", "image_size=[8,8]",
+                       "num_channels=3", "num_hidden_layers=1"],
+     "Axial causal decoder, 8 x 8 RGB: outer row, channel and masked column blocks (over the image shifted down a "
+     "row), inner channel and masked row blocks (shifted right a pixel), the masked channel block (shifted a "
+     "channel); together each sub-pixel is predicted from exactly the sub-pixels before it"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),

@@ -40,6 +40,12 @@ flash-linear-attention's kernels against the default path):
         --lengths 16k,64k --out DIR
     python benchmarks/train_step.py --causal --models linear_transformer --attention-backend fla --lengths 16k,64k \
         --append --out DIR
+
+--images makes it a causal-LM step over images: square RGB images of 256 levels (--image-sizes, default 32, 64,
+128), each a sequence of 1 + 3 s^2 tokens ([bos, sub-pixels in raster order], vocabulary 257), for the image
+variants (ours; others' rows say n.a.) against transformers' Llama (SDPA, dense causal) on the same token sequences:
+
+    python benchmarks/train_step.py --images --models axial,llama_sdpa --out DIR
 """
 
 import argparse
@@ -126,6 +132,7 @@ class Setup:
     sizes: Sizes
     knobs: Knobs
     causal: bool = False  # a causal-LM step (next-token loss) instead of the masked-LM step
+    images: bool = False  # the step is over RGB images of 256 levels: length = 1 + 3 s^2 for an s x s image
 
 
 @dataclass(frozen=True)
@@ -189,9 +196,25 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
                     "one segment of N, relative attention (quadratic), compressed memory 512 at rate 3"),
     "etc": ("etc", lambda k: {"local_radius": k.etc_radius}, "radius {k.etc_radius}, one global token per "
             "{k.etc_block} tokens, soft masks"),
+    # --images: an s x s RGB image of 256 levels per sequence of 1 + 3 s^2 tokens (the paper's decoder, 1 + 1 + 1
+    # channel layer per outer/inner layer pair of the backbone's layers)
+    "axial": ("axial", lambda k, n: {"image_size": image_side(n), "num_channels": 3, "num_levels": IMAGE_LEVELS},
+              "causal decoder, outer + inner layers, row / column / channel attention"),
     "etc_hard": ("etc", lambda k: {"local_radius": k.etc_radius, "use_hard_g2l_mask": True, "use_hard_l2g_mask": True},
                  "radius {k.etc_radius}, one global token per {k.etc_block} tokens, hard g2l/l2g masks"),
 }
+
+
+IMAGE_LEVELS = 256  # --images: 8-bit intensities (vocabulary 257 with bos)
+DEFAULT_IMAGE_SIDES = [32, 64, 128]
+
+
+def image_side(length: int) -> int:
+    """The side s of the RGB image whose [bos, sub-pixels] sequence has `length` = 1 + 3 s^2 tokens."""
+    side = math.isqrt(max(length - 1, 0) // 3)
+    if 1 + 3 * side * side != length:
+        raise ValueError(f"{length} tokens are no [bos, s x s x 3 sub-pixels] image sequence; run it with --images")
+    return side
 
 
 def our_config(name: str, length: int, setup: Setup, overrides: dict | None = None):
@@ -231,7 +254,7 @@ def our_spec(name: str, overrides: dict | None = None, suffix: str = "") -> Mode
         if setup.causal and not attention.supports_causal:
             return f"n.a.: {variant} has no causal form"
         try:  # a setting the variant refuses in this mode (e.g. Sinkhorn's SortCut, encoders only)
-            our_config(name, 1024, setup, overrides)
+            our_config(name, 1 + 3 * 32 * 32 if setup.images else 1024, setup, overrides)
         except ValueError as error:
             return f"n.a.: {describe(error)}"
         if not setup.causal and not attention.supports_bidirectional:
@@ -545,11 +568,15 @@ PEER_PACKAGES = ["performer-pytorch", "linformer", "pytorch-fast-transformers", 
 # ---------------------------------------------------------------- one step, one case
 
 
-def make_batch(length: int, vocab: int, device: torch.device, batch: int = 1, global_first: bool = False) -> dict:
+def make_batch(length: int, vocab: int, device: torch.device, batch: int = 1, global_first: bool = False,
+               images: bool = False) -> dict:
     """Random ids (no special ids) and labels on a random 15% of them (-100 elsewhere); with `global_first`, a
-    global-attention mask on the first token of each row."""
+    global-attention mask on the first token of each row; with `images`, bos (id IMAGE_LEVELS) then random levels."""
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(5, vocab, (batch, length), generator=generator)
+    if images:
+        input_ids = torch.randint(0, IMAGE_LEVELS, (batch, length), generator=generator)
+        input_ids[:, 0] = IMAGE_LEVELS
     labels = input_ids.masked_fill(torch.rand(batch, length, generator=generator) >= MASKED_FRACTION, -100)
     result = {"input_ids": input_ids.to(device), "labels": labels.to(device)}
     if global_first:
@@ -619,7 +646,8 @@ def timed_call(step: Callable[[], None], device: torch.device) -> float:
 
 def attention_backend_in_use(model: nn.Module, device: torch.device) -> str:
     """The path our first layer's attention takes under the model's config on this device."""
-    attention = model.base_model.layers[0].self_attn
+    layer = model.base_model.layers[0]
+    attention = layer.self_attn if hasattr(layer, "self_attn") else layer.blocks[0].self_attn  # axial: blocks per layer
     probe = torch.empty(0, device=device)
     if hasattr(attention, "backend"):  # the variants with a FlexAttention or compiled path
         return attention.backend(probe, output_attentions=False)
@@ -650,6 +678,8 @@ def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     model.config.attention_backend = forced
     model.train(training)
     (fast_loss, fast_logits), (other_loss, other_logits) = results[fast], results[other]
+    finite = other_logits.isfinite()  # an image model's bos logit is -inf in both
+    fast_logits, other_logits = fast_logits[finite], other_logits[finite]
     relative = ((fast_logits - other_logits).norm() / other_logits.norm()).item()
     tolerance = 1e-2 if model.dtype == torch.bfloat16 else 1e-4  # relative; logits get 2x (layers of rounding)
     passed = abs(fast_loss - other_loss) <= tolerance * abs(other_loss) and relative <= 2 * tolerance
@@ -662,7 +692,7 @@ def run_case(spec: ModelSpec, length: int, setup: Setup, args: argparse.Namespac
     device = setup.device
     torch.manual_seed(0)
     model = spec.build(length, setup).to(device, setup.dtype).train()
-    batch = make_batch(length, setup.sizes.vocab, device, args.batch, args.global_first_token)
+    batch = make_batch(length, setup.sizes.vocab, device, args.batch, args.global_first_token, setup.images)
     batch["causal"] = setup.causal
     if "global_input_ids" in getattr(model, "backbone_inputs", ()):  # ETC: a fixed-block global input, made once
         batch["etc_global"] = build_global_input(batch["input_ids"], block_size=setup.knobs.etc_block)
@@ -899,6 +929,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 2 layers, 256/512 tokens, scaled-down knobs")
     parser.add_argument("--causal", action="store_true", help="causal-LM steps (ours causal, Llama as dense anchor)")
+    parser.add_argument("--images", action="store_true",
+                        help="causal-LM steps over s x s RGB images of 256 levels (1 + 3 s^2 tokens, vocab 257)")
+    parser.add_argument("--image-sizes", help="--images: comma list of sides s (default 32,64,128)")
     parser.add_argument("--attention-backend", help="force our models' attention_backend (rows named model@backend)")
     parser.add_argument("--layers", type=int, help="layers of every model (the sizes' own; --tiny 2)")
     parser.add_argument("--sizes", choices=sorted(SIZES), default="minilm",
@@ -927,7 +960,16 @@ def main() -> None:
     args.warmup = args.warmup or (3 if on_gpu else 1)
     base_sizes = SIZES[args.sizes]
     sizes = dataclasses.replace(base_sizes, layers=args.layers or (2 if args.tiny else base_sizes.layers))
-    setup = Setup(device, dtype, sizes, TINY_KNOBS if args.tiny else PAPER_KNOBS, args.causal)
+    if args.images:  # image sequences: causal, the vocabulary of 256 levels and bos, lengths from the sides
+        if args.lengths:
+            raise SystemExit("--images takes --image-sizes (sides of the RGB images), not --lengths")
+        args.causal = True
+        sizes = dataclasses.replace(sizes, vocab=IMAGE_LEVELS + 1)
+        sides = [int(side) for side in (args.image_sizes or ",".join(map(str, DEFAULT_IMAGE_SIDES))).split(",")]
+        args.lengths = ",".join(str(1 + 3 * side * side) for side in sides)
+    elif args.image_sizes:
+        raise SystemExit("--image-sizes needs --images")
+    setup = Setup(device, dtype, sizes, TINY_KNOBS if args.tiny else PAPER_KNOBS, args.causal, args.images)
     lengths = parse_lengths(args.lengths) if args.lengths else (TINY_LENGTHS if args.tiny else DEFAULT_LENGTHS)
     models = parse_models(args.models)
     if args.attention_backend:  # our rows with the backend forced, under their own names

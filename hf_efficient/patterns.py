@@ -39,6 +39,10 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
     model_type = variant_or_path if variant_or_path.startswith("efficient_") else f"efficient_{variant_or_path}"
     if model_type in VARIANTS:
         fields = {**SMALL, "max_position_embeddings": max(length, 512), **knobs}
+        if model_type == "efficient_axial":  # an image of `length` sub-pixels (its vocabulary is its levels + bos)
+            rows = max(n for n in range(1, int(length**0.5) + 1) if length % n == 0)
+            fields = {"image_size": [rows, length // rows], "num_channels": 1, **fields}
+            fields.pop("vocab_size")
         with torch.random.fork_rng(devices=[]):  # the same weights every time (content-based patterns depend on
             torch.manual_seed(0)  # them), without touching the caller's random state
             return VARIANTS[model_type].model(VARIANTS[model_type].config(**fields)).eval()
@@ -57,6 +61,10 @@ def attention_weights(model: torch.nn.Module, length: int, seed: int = 0, **inpu
                          "sees every inducing point). Use output_attentions=True to read its maps.")
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model.config.vocab_size, (1, length), generator=generator)
+    if model.config.model_type == "efficient_axial":  # intensities, after bos for the causal model
+        input_ids = input_ids % model.config.num_levels
+        if model.config.is_causal:
+            input_ids[:, 0] = model.config.bos_token_id
     # a variant with inputs of its own (ETC's global input, the Compressive Transformer's memories) may set them
     extra = model.example_inputs(input_ids) if hasattr(model, "example_inputs") else {}
     output = model(input_ids=input_ids, output_attentions=True, **{"use_cache": False, **extra, **inputs})

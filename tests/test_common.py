@@ -37,6 +37,8 @@ def head_style_cases() -> list:
                 causal = style != "bert"
                 if (head == "masked_lm" and causal) or (head == "causal_lm" and not causal):
                     continue
+                if head == "image_classification" and causal and "bert" in styles(model_type):
+                    continue  # an image model with a bidirectional encoder classifies with it
                 cases.append(pytest.param(model_type, head, style, id=f"{model_type}-{head}-{style}"))
     return cases
 
@@ -68,7 +70,11 @@ def real_positions(inputs: dict) -> torch.Tensor:
 
 def training_head(model_type: str, style: str) -> str:
     """The head a training step of the common tests goes through: the language model of the direction, or for a
-    variant without LM heads (a model over sets) its sequence (set) classification head."""
+    variant without LM heads (a model over sets) its sequence (set) classification head; an image model's encoder
+    (no masked LM) trains through its image classification head."""
+    if style == "bert" and "masked_lm" not in VARIANTS[model_type].heads and "image_classification" in VARIANTS[
+            model_type].heads:
+        return "image_classification"
     if "masked_lm" in VARIANTS[model_type].heads or "causal_lm" in VARIANTS[model_type].heads:
         return "causal_lm" if style != "bert" else "masked_lm"
     return "sequence_classification"
@@ -109,6 +115,7 @@ def test_output_shapes_and_loss(model_type, head, style):
         "masked_lm": {"labels": training_labels(head, inputs)} if head == "masked_lm" else {},
         "causal_lm": {"labels": training_labels(head, inputs)} if head == "causal_lm" else {},
         "sequence_classification": {"labels": torch.tensor([0, 2, 1])},
+        "image_classification": {"labels": torch.tensor([0, 2, 1])},
         "token_classification": {"labels": torch.randint(0, NUM_LABELS, (batch, length))},
         "question_answering": {"start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([4, 5, 6])},
     }.get(head, {})
@@ -119,6 +126,7 @@ def test_output_shapes_and_loss(model_type, head, style):
         "masked_lm": (batch, length, vocab),
         "causal_lm": (batch, length, vocab),
         "sequence_classification": (batch, NUM_LABELS),
+        "image_classification": (batch, NUM_LABELS),
         "token_classification": (batch, length, NUM_LABELS),
         "question_answering": (batch, length),
     }[head]

@@ -118,8 +118,9 @@ def test_every_variant_draws_its_own_weights(tmp_path, variant):
     knobs = KNOBS.get(variant, [])
     keys = expected_keys(variant, LENGTH)
     rows = keys if variant == "etc" else LENGTH  # ETC's rows are its stream too
-    support, text = show(tmp_path, variant, "--support", *knobs, keys=keys, rows=rows)
-    intensity, _ = show(tmp_path, variant, *knobs, keys=keys, rows=rows)
+    layers = 4 if variant == "axial" else LAYERS  # axial: a tile row per block, row and column attention per layer
+    support, text = show(tmp_path, variant, "--support", *knobs, keys=keys, rows=rows, layers=layers)
+    intensity, _ = show(tmp_path, variant, *knobs, keys=keys, rows=rows, layers=layers)
     model = pattern_model(variant, LENGTH, **{k: int(v) for k, v in (knob.split("=") for knob in knobs)})
     weights = attention_weights(model, LENGTH)
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4), "real weights: each row sums to one"
@@ -212,9 +213,23 @@ def test_bigbird_blocks(tmp_path):
     assert not torch.equal(random[0, 0], random[0, 1]), "heads draw their own random blocks"
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_axial_blocks_light_their_axis(tmp_path, causal):
+    """An 8 x 8 grayscale image (64 tokens, raster order): a row block lights the query's own row (up to the query
+    when masked), a column block its own column (up to the query's row when masked)."""
+    tiles, _ = show(tmp_path, "axial", "--support", *(["--causal"] if causal else []), layers=6 if causal else 4)
+    row, column = QUERY // 8, QUERY % 8
+    key_row, key_column = KEY // 8, KEY % 8
+    rules = {"row": row == key_row, "masked row": (row == key_row) & (key_column <= column),
+             "column": column == key_column, "masked column": (column == key_column) & (key_row <= row)}
+    kinds = (["row", "masked column"] * 2 + ["masked row"] * 2) if causal else ["row", "column"] * 2
+    for layer, kind in enumerate(kinds):
+        assert torch.equal(lit(tiles[layer]), rules[kind].expand(HEADS, -1, -1)), (layer, kind)
+
+
 @pytest.mark.parametrize("variant", sorted(set(CAUSAL_VARIANTS) - {"longformer", "sparse_transformer",
                                                                     "memory_compressed", "reformer", "routing",
-                                                                    "compressive"}))
+                                                                    "compressive", "axial"}))
 def test_causal_dense_variants_light_exactly_the_lower_triangle(tmp_path, variant):
     """Kernel methods (implied weights phi(q) phi(k)^T, normalised) and the other dense causal mechanisms: every
     earlier key has weight > 0, no later one."""
