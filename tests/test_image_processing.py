@@ -152,3 +152,52 @@ def test_sample_images_refuses_a_processor_of_other_levels():
     model = tiny_image_gpt2(EfficientImageProcessor(num_levels=5, num_channels=1, image_size=2))
     with pytest.raises(ValueError, match="num_levels \\+ 1"):
         sample_images(model, EfficientImageProcessor(num_levels=6, num_channels=1, image_size=2), 1)
+
+
+@pytest.fixture
+def image_model_folder(tmp_path):
+    """A tiny GPT-2 over 4x3 grayscale images of 5 levels, its processor saved beside it."""
+    processor = EfficientImageProcessor(num_levels=5, num_channels=1, image_size=[4, 3])
+    tiny_image_gpt2(processor).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_sample_images_command_writes_a_grid(image_model_folder, tmp_path, capsys):
+    from hf_efficient import cli
+
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in paths:
+        assert cli.main(["sample-images", str(image_model_folder), "--num-images", "6", "--columns", "3",
+                         "--device", "cpu", "--out", str(path)]) == 0
+    assert "6 images of 4x3x1" in capsys.readouterr().out
+    grid = Image.open(paths[0])
+    assert grid.size == (3 * 3 * 16 + 4, 2 * 4 * 16 + 3)  # 3 x 2 images enlarged 16 times (to 64 pixels), gaps
+    assert paths[0].read_bytes() == paths[1].read_bytes()  # the seed fixes the samples
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--class-labels", "0"], "unconditional"),
+    (["--num-images", "0"], "--num-images must be at least 1"),
+])
+def test_sample_images_command_refuses_bad_options(image_model_folder, options, message, capsys):
+    from hf_efficient import cli
+
+    assert cli.main(["sample-images", str(image_model_folder), "--device", "cpu", *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sample_images_command_needs_the_processor_and_labels_of_a_conditional_model(image_model_folder, capsys):
+    from hf_efficient import cli
+
+    (image_model_folder / "preprocessor_config.json").unlink()
+    assert cli.main(["sample-images", str(image_model_folder), "--device", "cpu"]) == 2
+    assert "error: no image processor" in capsys.readouterr().err
+    EfficientImageProcessor(num_levels=5, num_channels=1, image_size=[4, 3]).save_pretrained(image_model_folder)
+    config = AutoConfig.from_pretrained(image_model_folder)
+    config.num_classes = 3  # as a class-conditional image model declares it
+    config.save_pretrained(image_model_folder)
+    assert cli.main(["sample-images", str(image_model_folder), "--device", "cpu"]) == 2
+    assert "class-conditional (3 classes): give --class-labels" in capsys.readouterr().err
+    assert cli.main(["sample-images", str(image_model_folder), "--device", "cpu", "--class-labels", "3"]) == 2
+    assert "classes are 0..2" in capsys.readouterr().err
