@@ -2,7 +2,6 @@
 
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageClassification,
@@ -11,6 +10,9 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+
+# from its module: transformers 5.17 exports a placeholder at the top level that needs torchvision
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .core.variant import Variant
 from .data.image_processing import EfficientImageProcessor

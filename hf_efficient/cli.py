@@ -248,8 +248,9 @@ def add_sample_images(subparsers) -> None:
 
 def run_sample_images(args) -> int:
     import torch
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM, set_seed
 
+    from .auto import AutoImageProcessor
     from .data.image_processing import EfficientImageProcessor, image_grid, sample_images
 
     for name in ("num_images", "columns", "scale"):

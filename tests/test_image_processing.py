@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM
-from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING, AutoImageProcessor
 
 from hf_efficient import VARIANTS, EfficientImageProcessor
 from hf_efficient.auto import IMAGE_MODEL_TYPES
