@@ -119,7 +119,7 @@ def train(name: str, data: ImageSet, tokens: dict, args, device: torch.device, o
     model = AutoModelForCausalLM.from_config(build_config(name, data, args, overrides)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    train_ids, train_labels = tokens["train"]
+    train_ids, train_labels = (None if t is None else t.to(device) for t in tokens["train"])
     generator = torch.Generator().manual_seed(args.seed)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -131,9 +131,9 @@ def train(name: str, data: ImageSet, tokens: dict, args, device: torch.device, o
         progress = step / args.steps if args.steps else elapsed / args.seconds
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step, progress)
-        index = torch.randint(len(train_ids), (args.batch,), generator=generator)
-        labels = None if train_labels is None else train_labels[index].to(device)
-        batch = train_ids[index].to(device)
+        index = torch.randint(len(train_ids), (args.batch,), generator=generator).to(device)
+        labels = None if train_labels is None else train_labels[index]
+        batch = train_ids[index]
         with autocast:
             loss = nll_sum(model, batch, labels, data.num_levels) / (batch.shape[0] * data.tokens)
         loss.backward()
