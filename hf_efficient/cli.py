@@ -225,8 +225,76 @@ def run_show_pattern(args) -> int:
     return 0
 
 
+def add_sample_images(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample-images", help="write a PNG grid of images an image model generates",
+        description="Load an image model folder (AutoModelForCausalLM) and the EfficientImageProcessor saved beside "
+        "it (AutoImageProcessor), draw images with generate(do_sample=True) in raster order and write them as one PNG "
+        "grid. Example: hf-efficient sample-images axial-digits --num-images 20 --class-labels 0 1 2 3 4 5 6 7 8 9")
+    parser.add_argument("model", help="folder or Hub id of an image model with its preprocessor_config.json")
+    parser.add_argument("--num-images", type=int, default=16, help="images to draw (default: 16)")
+    parser.add_argument("--class-labels", type=int, nargs="+", default=None, metavar="LABEL",
+                        help="class-conditional models: the classes, cycled over the images, a grid column each")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest levels (default: 0 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--columns", type=int, default=None, help="images per grid row (default: a square grid)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="enlarge each image this many times (default: to at least 64 pixels)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--out", default=None, help="PNG path (default: samples-<model folder name>.png)")
+    parser.set_defaults(run=run_sample_images)
+
+
+def run_sample_images(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from .auto import AutoImageProcessor
+    from .data.image_processing import EfficientImageProcessor, image_grid, sample_images
+
+    for name in ("num_images", "columns", "scale"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConversionError(f"--{name.replace('_', '-')} must be at least 1.")
+    try:
+        processor = AutoImageProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"no image processor in {args.model} (save an EfficientImageProcessor beside the model "
+                              f"with save_pretrained): {error}") from error
+    if not isinstance(processor, EfficientImageProcessor):
+        raise ConversionError(f"{args.model} holds a {type(processor).__name__}, not the EfficientImageProcessor of "
+                              "the image variants.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(args.model).to(device).eval()
+    classes = getattr(model.config, "num_classes", 0) or 0
+    labels = args.class_labels
+    if labels is not None:
+        if not classes:
+            raise ConversionError("this model is unconditional (no num_classes): leave out --class-labels.")
+        if not all(0 <= label < classes for label in labels):
+            raise ConversionError(f"--class-labels {labels}: this model's classes are 0..{classes - 1}.")
+        labels = [labels[index % len(labels)] for index in range(args.num_images)]
+    elif classes:
+        raise ConversionError(f"this model is class-conditional ({classes} classes): give --class-labels, e.g. "
+                              f"--class-labels {' '.join(str(c) for c in range(min(classes, 10)))}.")
+    set_seed(args.seed)
+    try:
+        images = sample_images(model, processor, args.num_images, class_labels=labels,
+                               temperature=args.temperature, top_k=args.top_k)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+    width, height = images[0].size
+    scale = args.scale or max(1, 64 // max(width, height))
+    out = args.out or f"samples-{Path(args.model).name}.png"
+    image_grid(images, columns=len(args.class_labels) if args.class_labels else args.columns, scale=scale).save(out)
+    print(f"{out}: {len(images)} images of {height}x{width}x{processor.num_channels} sampled from {args.model} "
+          f"(seed {args.seed}, temperature {args.temperature}, top-k {args.top_k or 'all'})")
+    return 0
+
+
 BENCH_SCRIPTS = {"train-step": "train_step.py", "padded-finetune": "padded_finetune.py",
-                 "base-profile": "base_profile.py", "flex-probe": "flex_probe.py", "plot": "plot_results.py"}
+                 "base-profile": "base_profile.py", "flex-probe": "flex_probe.py", "plot": "plot_results.py",
+                 "image-density": "image_density.py"}
 
 
 def benchmarks_folder() -> Path | None:
@@ -259,7 +327,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="run a benchmark flow (train-step, padded-finetune, base-profile, flex-probe, plot)",
+        "bench",
+        help="run a benchmark flow (train-step, padded-finetune, base-profile, flex-probe, plot, image-density)",
         description="Run one flow of the benchmark harness (benchmarks/ of a source checkout) with its own options; "
         "dense SDPA and transformers' Longformer/BigBird run in the same run. Examples: hf-efficient bench train-step "
         "--models anchors,ours --lengths 1k-64k; hf-efficient bench padded-finetune --data DIR; hf-efficient bench "
@@ -384,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     add_convert(subparsers)
     add_embed(subparsers)
     add_show_pattern(subparsers)
+    add_sample_images(subparsers)
     add_bench(subparsers)
     add_pretrain(subparsers)
     add_checkpoint(subparsers)
