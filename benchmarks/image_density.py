@@ -48,7 +48,7 @@ class Spec:
 
 SPECS = {
     "gpt2": Spec("gpt2"),  # the dense anchor
-    "axial": Spec("efficient_axial"),
+    "axial": Spec("efficient_axial", {"is_causal": True}),  # the decoder (the default config is the encoder)
     "image_transformer_1d": Spec("efficient_image_transformer", {"attention_type": "local_1d"}),
     "image_transformer_2d": Spec("efficient_image_transformer", {"attention_type": "local_2d"}),
 }
