@@ -148,12 +148,10 @@ class EfficientImageTransformerModel(EfficientModel):
             raise ValueError(f"The sequence reaches {past + length} positions, but image_size={config.image_size} "
                              f"with num_channels={config.num_channels} holds 1 + {total - 1} (bos and every "
                              "sub-pixel); pass at most one image per row or change image_size.")
+        if attention_mask is not None and attention_mask.shape == (batch, past + length):
+            refuse_left_padding(attention_mask.bool(), WHERE)
         if batch and length:
             self.check_ids(input_ids, attention_mask, past)
-        if attention_mask is not None and past == 0 and attention_mask.shape == input_ids.shape:
-            refuse_left_padding(attention_mask.bool(), WHERE)
-        if attention_mask is not None and past and attention_mask.shape[-1] == past + length:
-            refuse_left_padding(attention_mask.bool(), WHERE)
         embeds = self.embeddings.embed_tokens(input_ids)
         if self.embed_classes is not None:
             if class_labels is None:
