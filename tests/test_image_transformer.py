@@ -70,7 +70,7 @@ def defined_keep(kind: str, height: int, width: int, channels: int, knobs: dict)
 
 @pytest.mark.parametrize("setting", ["1d", "2d"])
 def test_pattern_is_the_papers_local_block_with_its_memory(setting):
-    knobs = image_config(setting).attention_pattern()
+    knobs = LocalImagePattern.of(image_config(setting))
     positions = torch.arange(knobs.total)
     rule = knobs.keep(positions[:, None], positions[None, :])
     expected = defined_keep(knobs.kind, 4, 5, 3, dict(query_block_length=7, memory_length=5,

@@ -36,8 +36,6 @@ import torch
 from ..core.attention import EfficientAttention, repeat_kv
 from .flex import FLEX_TILE, flex_attend, tile_block_mask, token_tiles
 
-KINDS = ("local_1d", "local_2d")
-
 
 @dataclass(frozen=True)
 class LocalImagePattern:
@@ -51,6 +49,13 @@ class LocalImagePattern:
     memory_length: int = 0
     query_shape: tuple[int, int] = (1, 1)
     memory_flange: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, config) -> "LocalImagePattern":
+        """The pattern of an image config (image_size, num_channels, attention_type and its knobs)."""
+        height, width = config.image_size
+        return cls(config.attention_type, height, width, config.num_channels, config.query_block_length,
+                   config.memory_length, tuple(config.query_shape), tuple(config.memory_flange))
 
     @property
     def total(self) -> int:

@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from ...attention.local_image import KINDS, LocalImagePattern
 from ...core.configuration import EfficientConfig
+
+KINDS = ("local_1d", "local_2d")
 
 # backbone fields whose value an image decoder fixes: (allowed values, why)
 IMAGE_FIXED = {
@@ -123,11 +124,6 @@ class EfficientImageTransformerConfig(EfficientConfig):
         if self.attention_backend not in ("auto", "reference", "blocked", "flex"):
             raise ValueError(f"attention_backend={self.attention_backend!r}: use 'auto', 'blocked', 'flex' or "
                              "'reference'.")
-
-    def attention_pattern(self) -> LocalImagePattern:
-        height, width = self.image_size
-        return LocalImagePattern(self.attention_type, height, width, self.num_channels, self.query_block_length,
-                                 self.memory_length, tuple(self.query_shape), tuple(self.memory_flange))
 
     @classmethod
     def full_attention_overrides(cls, length: int) -> dict:

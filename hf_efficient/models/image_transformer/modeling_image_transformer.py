@@ -13,6 +13,7 @@ from transformers.cache_utils import Cache
 
 from ...attention.flex import MIN_HEAD_DIM, bucket_keep, bucket_length, flex_available
 from ...attention.local_image import (
+    LocalImagePattern,
     decode_keys,
     flex_block_mask,
     local_image_blocked,
@@ -45,7 +46,7 @@ class EfficientLocalImageAttention(EfficientAttention):
 
     def __init__(self, config: EfficientImageTransformerConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.pattern = config.attention_pattern()
+        self.pattern = LocalImagePattern.of(config)
 
     def forward(
         self,
