@@ -141,15 +141,15 @@ class LocalImagePattern:
 def block_tables(pattern: LocalImagePattern, length: int, device: str):
     """The gathered layout of `length` positions on `device`: (queries (G, Q), keys (G, K), pattern mask (G, Q, K),
     order (length,): the inverse of [bos, queries in block order] that scatters the outputs back)."""
-    queries, keys = pattern.block_table(length)
+    device = torch.device(device)  # the mask, O(N m), is evaluated where the model runs
+    queries, keys = (table.to(device) for table in pattern.block_table(length))
     mask = pattern.keep(queries[:, :, None], keys[:, None, :]) & (queries[:, :, None] >= 0) & (keys[:, None, :] >= 0)
     mask[:, :, 0] = True  # bos: every row, real or empty, keeps one key
-    listed = torch.cat([torch.zeros(1, dtype=torch.long), queries.flatten()])  # bos, then the blocks' queries
+    listed = torch.cat([torch.zeros(1, dtype=torch.long, device=device), queries.flatten()])  # bos, then the blocks
     # order[s] = the slot of position s in `listed` (empty slots go to a dropped extra entry)
-    order = torch.zeros(length + 1, dtype=torch.long).scatter(0, torch.where(listed >= 0, listed, length),
-                                                               torch.arange(len(listed)))[:length]
-    device = torch.device(device)
-    return queries.to(device), keys.to(device), mask.to(device), order.to(device)
+    order = torch.zeros(length + 1, dtype=torch.long, device=device).scatter(
+        0, torch.where(listed >= 0, listed, length), torch.arange(len(listed), device=device))[:length]
+    return queries, keys, mask, order
 
 
 def local_image_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pattern: LocalImagePattern,
@@ -173,22 +173,31 @@ def local_image_blocked(attention: EfficientAttention, query: torch.Tensor, key:
     queries, keys, mask, order = block_tables(pattern, length, str(query.device))
     blocks, per_query, per_key = mask.shape
 
-    def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # (batch, h, N, d) -> (batch, h, G, n, d) -> (batch * G, h, n, d)
-        h = x.shape[1]
-        x = x[:, :, index.clamp(min=0)]
-        return x.permute(0, 2, 1, 3, 4).reshape(batch * blocks, h, index.shape[1], dim)
-
     first = repeat_kv(value[:, :, :1], heads // value.shape[1]).transpose(1, 2)  # bos keeps only itself
     if blocks == 0:
         return first
-    mask = mask[None]  # (1, G, Q, K)
-    if keep is not None:  # padding keys dropped; a padding query keeps its own key, an empty slot bos, never none
+    # without padding every row shares the pattern's mask: the batch joins the heads, (G, batch * heads, n, d), and
+    # the (G, 1, Q, K) mask broadcasts without a copy; with padding the batch joins the blocks, (batch * G, heads)
+    into_heads = keep is None
+
+    def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # (batch, h, N, d) -> (batch, h, G, n, d) -> (G, batch * h, n, d) or (batch * G, h, n, d)
+        h = x.shape[1]
+        x = x[:, :, index.clamp(min=0)]
+        if into_heads:
+            return x.permute(2, 0, 1, 3, 4).reshape(blocks, batch * h, index.shape[1], dim)
+        return x.permute(0, 2, 1, 3, 4).reshape(batch * blocks, h, index.shape[1], dim)
+
+    if into_heads:
+        mask = mask[:, None]  # (G, 1, Q, K)
+    else:  # padding keys dropped; a padding query keeps its own key, an empty slot bos: never an empty row
         own = (queries[:, :, None] == keys[:, None, :]) & (queries[:, :, None] >= 0)
         empty = (queries < 0)[:, :, None] & (torch.arange(per_key, device=keys.device) == 0)
-        mask = (mask & (keep[:, keys.clamp(min=0)][:, :, None, :] | own)) | empty
-    mask = mask.expand(batch, blocks, per_query, per_key).reshape(batch * blocks, 1, per_query, per_key)
+        mask = (mask[None] & (keep[:, keys.clamp(min=0)][:, :, None, :] | own)) | empty
+        mask = mask.reshape(batch * blocks, 1, per_query, per_key)
     attended, _ = attention.attend(gather(query, queries), gather(key, keys), gather(value, keys), mask)
+    if into_heads:  # (G, Q, batch * heads, d) -> (batch, G * Q, heads, d)
+        attended = attended.view(blocks, per_query, batch, heads, dim).permute(2, 0, 1, 3, 4)
     attended = attended.reshape(batch, blocks * per_query, heads, dim)
     return torch.cat([first, attended], dim=1)[:, order]
 
@@ -206,17 +215,18 @@ def pattern_tiles(pattern: LocalImagePattern, length: int, tile: int, device: st
     candidates = (query_tiles.T @ key_tiles) > 0
     candidates[:, 0] = True
     candidates &= torch.ones(tiles, tiles, dtype=torch.bool).tril()
-    pairs = candidates.nonzero()
-    offsets = torch.arange(tile)
-    any_kept, all_kept = torch.zeros(tiles, tiles, dtype=torch.bool), torch.zeros(tiles, tiles, dtype=torch.bool)
-    for chunk in pairs.split(256):
+    device = torch.device(device)  # the exact evaluation runs where the model does: O(candidates x tile^2) work
+    pairs = candidates.nonzero().to(device)
+    offsets = torch.arange(tile, device=device)
+    any_kept, all_kept = (torch.zeros(tiles, tiles, dtype=torch.bool, device=device) for _ in range(2))
+    for chunk in pairs.split(256 if device.type == "cpu" else 4096):
         query = chunk[:, :1, None] * tile + offsets[None, :, None]  # (P, tile, 1)
         key = chunk[:, 1:, None].transpose(1, 2) * tile + offsets[None, None, :]  # (P, 1, tile)
         kept = pattern.keep(query, key) & (query < length) & (key < length) & (key <= query)
         kept |= (key == 0) & (query < min(length, pattern.total))
         any_kept[chunk[:, 0], chunk[:, 1]] = kept.flatten(1).any(-1)
         all_kept[chunk[:, 0], chunk[:, 1]] = kept.flatten(1).all(-1)
-    return any_kept.to(device), all_kept.to(device)
+    return any_kept, all_kept
 
 
 def flex_block_mask(pattern: LocalImagePattern, length: int, keep: torch.Tensor, device: torch.device,
