@@ -93,6 +93,16 @@ PICTURES = [
      "Axial causal decoder, 8 x 8 RGB: outer row, channel and masked column blocks (over the image shifted down a "
      "row), inner channel and masked row blocks (shifted right a pixel), the masked channel block (shifted a "
      "channel); together each sub-pixel is predicted from exactly the sub-pixels before it"),
+    ("image_transformer_1d", ["image_transformer", "--support", "--layer", "0", "--heads", "0", "image_size=16",
+                              "num_channels=1", "attention_type=local_1d", "query_block_length=32",
+                              "memory_length=32"],
+     "Image Transformer local 1D on a 16 x 16 grayscale image (bos + 256 pixels, the first 256 positions): query "
+     "blocks of 32 pixels (2 image rows), each seeing itself up to the query and the 32 pixels before it, and bos"),
+    ("image_transformer_2d", ["image_transformer", "--support", "--layer", "0", "--heads", "0", "image_size=16",
+                              "num_channels=1", "attention_type=local_2d", "query_shape=4", "memory_flange=4"],
+     "Image Transformer local 2D, same image: query blocks of 4 x 4 pixels, memory the block with 4 rows above and "
+     "4 columns left and right, causal in raster order (so a query's own block and flange appear as row segments "
+     "of 12 pixels), and bos"),
     ("synthesizer", ["synthesizer", "--length", "128", "--layer", "0", "--heads", "0", "synthesizer_type=random"],
      "intensity, 128 tokens: the Random Synthesizer's softmax(R), the same for every input (no token-token "
      "dot products)"),

@@ -15,6 +15,7 @@ query i and column j is key j (for most variants the key position; see `key_axis
 imaging dependency): 8-bit grayscale, with the caption in tEXt chunks.
 """
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -43,6 +44,8 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
             rows = max(n for n in range(1, int(length**0.5) + 1) if length % n == 0)
             fields = {"image_size": [rows, length // rows], "num_channels": 1, **fields}
             fields.pop("vocab_size")
+        elif is_image_config(VARIANTS[model_type].config):
+            fields = {**image_fields(VARIANTS[model_type].config, length, knobs), **knobs}
         with torch.random.fork_rng(devices=[]):  # the same weights every time (content-based patterns depend on
             torch.manual_seed(0)  # them), without touching the caller's random state
             return VARIANTS[model_type].model(VARIANTS[model_type].config(**fields)).eval()
@@ -50,6 +53,19 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
         return AutoModel.from_pretrained(variant_or_path, **knobs).eval()
     names = sorted(t.removeprefix("efficient_") for t in VARIANTS)
     raise ValueError(f"{variant_or_path!r} is neither a variant ({names}) nor a model folder.")
+
+
+def is_image_config(config_class: type) -> bool:
+    """An image model (a sequence of bos and sub-pixel levels, hf_efficient's image contract)."""
+    return hasattr(config_class, "num_levels")
+
+
+def image_fields(config_class: type, length: int, knobs: dict) -> dict:
+    """SMALL for an image model: its vocabulary and positions come from the image, the smallest square image whose
+    bos and sub-pixels hold `length` positions (unless the knobs set image_size)."""
+    fields = {k: v for k, v in SMALL.items() if k != "vocab_size"}
+    channels = knobs.get("num_channels", config_class.num_channels)
+    return {**fields, "image_size": math.ceil(math.sqrt(max(length - 1, 1) / channels))}
 
 
 @torch.no_grad()
@@ -65,6 +81,9 @@ def attention_weights(model: torch.nn.Module, length: int, seed: int = 0, **inpu
         input_ids = input_ids % model.config.num_levels
         if model.config.is_causal:
             input_ids[:, 0] = model.config.bos_token_id
+    elif is_image_config(type(model.config)):  # an image: bos, then intensity levels
+        input_ids = torch.randint(0, model.config.num_levels, (1, length), generator=generator)
+        input_ids[:, 0] = model.config.bos_token_id
     # a variant with inputs of its own (ETC's global input, the Compressive Transformer's memories) may set them
     extra = model.example_inputs(input_ids) if hasattr(model, "example_inputs") else {}
     output = model(input_ids=input_ids, output_attentions=True, **{"use_cache": False, **extra, **inputs})

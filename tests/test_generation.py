@@ -24,12 +24,15 @@ def decoder(model_type: str, style: str, seed: int = 0):
 
 def prompt(model, batch: int = 2, length: int = 6, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
+    if hasattr(model.config, "num_levels"):  # an image model: bos, then intensity levels
+        ids = torch.randint(0, model.config.num_levels, (batch, length), generator=generator)
+        return ids.index_fill(1, torch.tensor([0]), model.config.bos_token_id)
     return torch.randint(1, model.config.vocab_size, (batch, length), generator=generator)
 
 
 def test_every_causal_variant_decodes():
-    assert set(DECODERS) == {"efficient_compressive", "efficient_linear_transformer", "efficient_longformer",
-                             "efficient_memory_compressed",
+    assert set(DECODERS) == {"efficient_compressive", "efficient_image_transformer", "efficient_linear_transformer",
+                             "efficient_longformer", "efficient_memory_compressed",
                              "efficient_performer", "efficient_reformer", "efficient_routing",
                              "efficient_sinkhorn", "efficient_sparse_transformer",
                              "efficient_synthesizer", "efficient_transformer_xl"}
@@ -84,7 +87,7 @@ def test_decoding_logs_no_deprecation_warning(model_type, capsys):
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         first = model(input_ids=ids, use_cache=True)
-        model(input_ids=ids[:, :1], cache=returned_cache(first))
+        model(input_ids=ids[:, -1:], cache=returned_cache(first))
         model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     printed = capsys.readouterr().err
     assert "deprecated" not in printed.lower(), printed

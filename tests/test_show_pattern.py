@@ -28,6 +28,7 @@ KNOBS = {
     "routing": ["local_window=4", "num_clusters=4", "routing_window=12"],
     "etc": ["local_radius=4"],
     "compressive": ["mem_len=16", "cmem_len=8", "compression_rate=4"],
+    "image_transformer": ["query_block_length=8", "memory_length=8"],
 }
 CAUSAL_VARIANTS = sorted(name.removeprefix("efficient_") for name, v in VARIANTS.items()
                          if v.model.attention_class.supports_causal)
@@ -317,3 +318,20 @@ def test_errors_are_messages_without_a_picture(tmp_path, capsys, options, messag
     assert main(["show-pattern", *options, "--length", "32", "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["local_1d", "local_2d"])
+def test_image_transformer_local_blocks(tmp_path, kind):
+    """A 5 x 5 RGB image (76 positions), its first 64: bos seen by all; 1D: blocks of 12 sub-pixels with a memory of
+    6; 2D: blocks of 2 x 2 pixels with a flange of 1 row above and 1 column each side, causal in raster order."""
+    knobs = ["query_block_length=12", "memory_length=6"] if kind == "local_1d" else ["query_shape=2",
+                                                                                        "memory_flange=1"]
+    tiles, _ = show(tmp_path, "image_transformer", "--support", f"attention_type={kind}", *knobs)
+    if kind == "local_1d":
+        local = KEY - 1 >= (QUERY - 1) // 12 * 12 - 6
+    else:
+        row, col = (QUERY - 1).clamp(min=0) // 3 // 5, (QUERY - 1).clamp(min=0) // 3 % 5
+        key_row, key_col = (KEY - 1).clamp(min=0) // 3 // 5, (KEY - 1).clamp(min=0) // 3 % 5
+        local = (key_row >= row // 2 * 2 - 1) & (key_col >= col // 2 * 2 - 1) & (key_col < col // 2 * 2 + 3)
+    rule = (KEY <= QUERY) & (local | (KEY == 0))
+    assert torch.equal(lit(tiles), rule.expand(LAYERS, HEADS, -1, -1))
