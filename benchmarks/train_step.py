@@ -200,6 +200,12 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
     # channel layer per outer/inner layer pair of the backbone's layers)
     "axial": ("axial", lambda k, n: {"image_size": image_side(n), "num_channels": 3, "num_levels": IMAGE_LEVELS},
               "causal decoder, outer + inner layers, row / column / channel attention"),
+    "image_transformer_1d": ("image_transformer", lambda k, n: {
+        "image_size": image_side(n), "num_channels": 3, "num_levels": IMAGE_LEVELS, "attention_type": "local_1d",
+        "query_block_length": 256, "memory_length": 128}, "local 1D, query blocks of 256 sub-pixels, memory 128"),
+    "image_transformer_2d": ("image_transformer", lambda k, n: {
+        "image_size": image_side(n), "num_channels": 3, "num_levels": IMAGE_LEVELS, "attention_type": "local_2d",
+        "query_shape": [8, 8], "memory_flange": [8, 8]}, "local 2D, query blocks of 8 x 8 pixels, flange 8 x 8"),
     "etc_hard": ("etc", lambda k: {"local_radius": k.etc_radius, "use_hard_g2l_mask": True, "use_hard_l2g_mask": True},
                  "radius {k.etc_radius}, one global token per {k.etc_block} tokens, hard g2l/l2g masks"),
 }

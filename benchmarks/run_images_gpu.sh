@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The image variants on one GPU: their gpu-marked tests, held-out bits/dim on the digits (unconditional beside GPT-2
+# of the same size, and class-conditional) with PNG sample grids, and the Set Transformer's set tasks. Carry
+# benchmarks/.data/images (python benchmarks/image_data.py --write benchmarks/.data/images). Everything lands in
+# $OUT/images.tar (the device returns few files).
+#
+#   bash benchmarks/run_images_gpu.sh [STEPS]
+set -u
+cd "$(dirname "$0")/.."
+STEPS=${1:-1200}
+OUT=${OUT:-benchmarks/results}
+WORK=$(mktemp -d)
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+DIGITS_KNOBS="--set image_transformer_1d.query_block_length=16 --set image_transformer_1d.memory_length=16
+  --set image_transformer_2d.query_shape=4 --set image_transformer_2d.memory_flange=2"
+timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_axial.py tests/test_image_transformer.py \
+  tests/test_common.py -k "axial or image_transformer" > "$WORK/gpu_tests.log" 2>&1
+tail -3 "$WORK/gpu_tests.log"
+# shellcheck disable=SC2086
+timeout 260 python benchmarks/image_density.py --data digits --cache benchmarks/.data/images --steps "$STEPS" \
+  --samples 36 $DIGITS_KNOBS --out "$WORK/digits" > "$WORK/digits.log" 2>&1
+tail -8 "$WORK/digits.log"
+# shellcheck disable=SC2086
+timeout 120 python benchmarks/image_density.py --data digits --cache benchmarks/.data/images --steps "$STEPS" \
+  --class-conditional --models axial image_transformer_1d --samples 20 $DIGITS_KNOBS --out "$WORK/conditional" \
+  > "$WORK/conditional.log" 2>&1
+tail -5 "$WORK/conditional.log"
+timeout 110 python benchmarks/set_tasks.py --device cuda --steps 3000 --max-size 200 --hidden 128 --batch 64 \
+  > "$WORK/set_tasks.log" 2>&1
+tail -8 "$WORK/set_tasks.log"
+tar -C "$WORK" -cf "$OUT/images.tar" .
