@@ -4,15 +4,38 @@
 # benchmarks/.data/images (python benchmarks/image_data.py --write benchmarks/.data/images). Everything lands in
 # $OUT/images.tar (the device returns few files).
 #
-#   bash benchmarks/run_images_gpu.sh [STEPS]
+#   bash benchmarks/run_images_gpu.sh [STEPS]          # tests, digits, conditional digits, set tasks
+#   bash benchmarks/run_images_gpu.sh more [STEPS]     # 32x32 RGB crops, conditional digits, train_step --images,
+#                                                      # the unique-counting set task
 set -u
 cd "$(dirname "$0")/.."
+MODE=digits
+if [ "${1:-}" = more ]; then MODE=more; shift; fi
 STEPS=${1:-1200}
 OUT=${OUT:-benchmarks/results}
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 DIGITS_KNOBS="--set image_transformer_1d.query_block_length=16 --set image_transformer_1d.memory_length=16
   --set image_transformer_2d.query_shape=4 --set image_transformer_2d.memory_flange=2"
+if [ "$MODE" = more ]; then
+  timeout 200 python benchmarks/image_density.py --data crops --cache benchmarks/.data/images --steps 300 --batch 8 \
+    --samples 16 --out "$WORK/crops" > "$WORK/crops.log" 2>&1
+  tail -8 "$WORK/crops.log"
+  # shellcheck disable=SC2086
+  timeout 100 python benchmarks/image_density.py --data digits --cache benchmarks/.data/images --steps "$STEPS" \
+    --class-conditional --models axial image_transformer_1d image_transformer_2d --samples 20 $DIGITS_KNOBS \
+    --out "$WORK/conditional" > "$WORK/conditional.log" 2>&1
+  tail -5 "$WORK/conditional.log"
+  timeout 110 python benchmarks/train_step.py --images --image-sizes 32,64 \
+    --models axial,image_transformer_1d,image_transformer_2d,llama_sdpa --out "$WORK/train_step_images" \
+    > "$WORK/train_step_images.log" 2>&1
+  tail -12 "$WORK/train_step_images.log"
+  timeout 70 python benchmarks/set_tasks.py --device cuda --tasks unique --steps 2000 --max-size 200 --hidden 128 \
+    --batch 64 > "$WORK/set_tasks_unique.log" 2>&1
+  tail -5 "$WORK/set_tasks_unique.log"
+  tar -C "$WORK" -cf "$OUT/images_more.tar" .
+  exit 0
+fi
 timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_axial.py tests/test_image_transformer.py \
   tests/test_common.py -k "axial or image_transformer" > "$WORK/gpu_tests.log" 2>&1
 tail -3 "$WORK/gpu_tests.log"
@@ -22,7 +45,7 @@ timeout 260 python benchmarks/image_density.py --data digits --cache benchmarks/
 tail -8 "$WORK/digits.log"
 # shellcheck disable=SC2086
 timeout 120 python benchmarks/image_density.py --data digits --cache benchmarks/.data/images --steps "$STEPS" \
-  --class-conditional --models axial image_transformer_1d --samples 20 $DIGITS_KNOBS --out "$WORK/conditional" \
+  --class-conditional --models axial image_transformer_1d image_transformer_2d --samples 20 $DIGITS_KNOBS --out "$WORK/conditional" \
   > "$WORK/conditional.log" 2>&1
 tail -5 "$WORK/conditional.log"
 timeout 110 python benchmarks/set_tasks.py --device cuda --steps 3000 --max-size 200 --hidden 128 --batch 64 \

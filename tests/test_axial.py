@@ -67,9 +67,15 @@ def test_dense_mask_is_the_axis_and_raster_order():
     assert column[2].nonzero().flatten().tolist() == [2, 8]
 
 
+@pytest.mark.parametrize("lines_per_call", [None, 5])
 @pytest.mark.parametrize("axis", ["row", "column", "channel"])
-def test_fast_path_equals_dense_reference_outputs_and_gradients(axis):
-    """The sdpa path over lines (padding keep-mask included) equals dense attention over the flattened grid."""
+def test_fast_path_equals_dense_reference_outputs_and_gradients(axis, lines_per_call, monkeypatch):
+    """The sdpa path over lines (padding keep-mask included) equals dense attention over the flattened grid, also
+    when the lines go in several calls (as past CUDA's grid limit; here 5 per call, the last call shorter)."""
+    if lines_per_call:
+        import hf_efficient.models.axial.modeling_axial as modeling_axial
+
+        monkeypatch.setattr(modeling_axial, "LINES_PER_CALL", lines_per_call)
     cfg = config("llama")  # grouped KV heads
     torch.manual_seed(1)
     keep = torch.rand(2, 4, 4, 3) > 0.3

@@ -526,9 +526,16 @@ class EfficientAxialAttention(EfficientAttention):
         for states in (query, key, value):
             flat, moved_shape = to_lines(states, dim)  # (lines, n, heads * d)
             lines.append(self.split_heads(flat))  # (lines, heads, n, d)
-        attended, _ = self.attend(*lines, line_keep(attention_mask, dim), is_causal=self.is_causal)
+        keep = line_keep(attention_mask, dim)
+        attended = torch.cat([  # at most LINES_PER_CALL lines per call: CUDA's kernels put them on one grid dimension
+            self.attend(*(t[start:start + LINES_PER_CALL] for t in lines),
+                        None if keep is None else keep[start:start + LINES_PER_CALL], is_causal=self.is_causal)[0]
+            for start in range(0, lines[0].shape[0], LINES_PER_CALL)])
         attended = from_lines(attended.flatten(-2), moved_shape, dim)  # (lines, n, heads, d) -> (batch, H, W, C, .)
         return self.o_proj(attended), None
+
+
+LINES_PER_CALL = 32768  # SDPA's CUDA kernels fail ("invalid argument") past 65,535 lines (batch) in one call
 
 
 def shift(states: torch.Tensor, dim: int) -> torch.Tensor:
