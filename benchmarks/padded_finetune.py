@@ -161,6 +161,7 @@ def our_model(name: str) -> Model:
     return Model(label, build, ours=True)
 
 
+TEXT_VARIANTS = [name for name in harness.OUR_VARIANTS if name not in harness.IMAGE_ROWS]  # the image rows read no text
 MODELS = {
     "bert_sdpa": Model(lambda k: "transformers BERT (SDPA, dense)", lambda setup, labels, length: (
         transformers.BertForSequenceClassification(harness.bert_config(length, setup, num_labels=labels)))),
@@ -170,7 +171,7 @@ MODELS = {
     "hf_bigbird": Model(lambda k: f"transformers BigBird (block sparse, block {k.block}, 3 random)",
                         lambda setup, labels, length: transformers.BigBirdForSequenceClassification(
                             harness.hf_bigbird_config(length, setup, num_labels=labels))),
-    **{name: our_model(name) for name in harness.OUR_VARIANTS},
+    **{name: our_model(name) for name in TEXT_VARIANTS},
 }
 
 
@@ -427,7 +428,7 @@ def markdown_report(rows: list[dict]) -> str:
 def parse_models(text: str) -> list[str]:
     names = []
     for item in text.replace(" ", "").split(","):
-        chosen = {"all": list(MODELS), "ours": list(harness.OUR_VARIANTS), "gpu": list(GPU_PATH),
+        chosen = {"all": list(MODELS), "ours": TEXT_VARIANTS, "gpu": list(GPU_PATH),
                   "anchors": ["bert_sdpa", "hf_longformer", "hf_bigbird"]}.get(item, [item])
         unknown = [name for name in chosen if name not in MODELS]
         if unknown:

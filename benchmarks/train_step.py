@@ -212,6 +212,7 @@ OUR_VARIANTS = {  # report name: (variant, knobs, label)
 
 
 IMAGE_LEVELS = 256  # --images: 8-bit intensities (vocabulary 257 with bos)
+IMAGE_ROWS = ("axial", "image_transformer_1d", "image_transformer_2d")  # rows over images (--images), not text
 DEFAULT_IMAGE_SIDES = [32, 64, 128]
 
 

@@ -63,11 +63,12 @@ The same works for the `AutoModelFor*` class of each task head the folder's `aut
 
 
 def buildable_heads(config) -> dict[str, type]:
-    """The variant's heads this config can build: a causal model has no masked-LM head, an encoder no causal-LM head."""
+    """The variant's heads this config can build: a causal model has no masked-LM head and no image-classification
+    head (an encoder's, e.g. Axial's), an encoder no causal-LM head."""
     from .auto import VARIANTS
 
-    refused = "masked_lm" if config.is_causal else "causal_lm"
-    return {head: cls for head, cls in VARIANTS[config.model_type].heads.items() if head != refused}
+    refused = ("masked_lm", "image_classification") if config.is_causal else ("causal_lm",)
+    return {head: cls for head, cls in VARIANTS[config.model_type].heads.items() if head not in refused}
 
 
 def bundle_auto_map(config) -> dict[str, str]:

@@ -48,6 +48,11 @@ class EfficientLocalImageAttention(EfficientAttention):
         super().__init__(config, layer_idx)
         self.pattern = LocalImagePattern.of(config)
 
+    def backend(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        """The path of this call (benchmarks ask it too): flex on CUDA under "auto", else blocked."""
+        gpu = "flex" if flex_available() else None
+        return self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -65,8 +70,7 @@ class EfficientLocalImageAttention(EfficientAttention):
             key, value = past_key_values.update(key, value, self.layer_idx)
             if past_length:
                 return self.decode_step(query, key, value, attention_mask, past_length, output_attentions)
-        gpu = "flex" if flex_available() else None
-        backend = self.choose_backend(hidden_states, output_attentions, gpu, gpu_min_head_dim=MIN_HEAD_DIM)
+        backend = self.backend(hidden_states, output_attentions)
         if backend == "reference":
             groups = self.num_key_value_groups
             attended, weights = local_image_reference(query, repeat_kv(key, groups), repeat_kv(value, groups),
