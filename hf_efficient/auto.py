@@ -29,8 +29,14 @@ AUTO_HEADS = {
 
 VARIANTS: dict[str, Variant] = discover()
 
+
+def is_image_config(config_class: type) -> bool:
+    """An image model (a sequence of bos and sub-pixel levels, hf_efficient's image contract)."""
+    return hasattr(config_class, "num_levels")
+
+
 # the variants over images, whose folders carry an EfficientImageProcessor (preprocessor_config.json)
-IMAGE_MODEL_TYPES = ("efficient_axial", "efficient_image_transformer")
+IMAGE_MODEL_TYPES = tuple(name for name, variant in VARIANTS.items() if is_image_config(variant.config))
 
 
 def register_all() -> None:
@@ -39,10 +45,7 @@ def register_all() -> None:
         AutoModel.register(variant.config, variant.model)
         for head, model_class in variant.heads.items():
             AUTO_HEADS[head].register(variant.config, model_class)
-    # Keyed by the config class where the variant is installed (AutoImageProcessor then also finds the processor
-    # from a config alone), else by its model_type string, which AutoImageProcessor's mapping accepts as a key: the
-    # class is registered either way, so AutoImageProcessor.from_pretrained resolves a saved processor by its name.
+    # keyed by the config class: AutoImageProcessor finds the processor from a saved folder or from a config alone
     for model_type in IMAGE_MODEL_TYPES:
-        key = VARIANTS[model_type].config if model_type in VARIANTS else model_type
-        AutoImageProcessor.register(key, image_processor_classes={"pil": EfficientImageProcessor,
-                                                                   "torchvision": EfficientImageProcessor})
+        AutoImageProcessor.register(VARIANTS[model_type].config, image_processor_classes={
+            "pil": EfficientImageProcessor, "torchvision": EfficientImageProcessor})

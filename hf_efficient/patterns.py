@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from .auto import VARIANTS
+from .auto import VARIANTS, is_image_config
 
 # a small backbone: the pattern depends on the mechanism's knobs and the length, not on the width
 SMALL = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=1000, num_hidden_layers=2,
@@ -53,11 +53,6 @@ def pattern_model(variant_or_path: str, length: int, **knobs) -> torch.nn.Module
         return AutoModel.from_pretrained(variant_or_path, **knobs).eval()
     names = sorted(t.removeprefix("efficient_") for t in VARIANTS)
     raise ValueError(f"{variant_or_path!r} is neither a variant ({names}) nor a model folder.")
-
-
-def is_image_config(config_class: type) -> bool:
-    """An image model (a sequence of bos and sub-pixel levels, hf_efficient's image contract)."""
-    return hasattr(config_class, "num_levels")
 
 
 def image_fields(config_class: type, length: int, knobs: dict) -> dict:

@@ -89,8 +89,9 @@ def test_save_and_load_through_auto_image_processor(tmp_path):
 
 
 def test_registered_for_both_image_model_types():
+    assert set(IMAGE_MODEL_TYPES) == {"efficient_axial", "efficient_image_transformer"}
     for model_type in IMAGE_MODEL_TYPES:
-        key = VARIANTS[model_type].config if model_type in VARIANTS else model_type
+        key = VARIANTS[model_type].config
         assert IMAGE_PROCESSOR_MAPPING[key] == {"pil": EfficientImageProcessor, "torchvision": EfficientImageProcessor}
 
 
