@@ -9,6 +9,9 @@ longest by `DataCollatorWithPadding`), AdamW at a constant learning rate, seed 0
 With N processes and per-process batch b the global batch is N b; Trainer's sharded sampler gives the N processes
 the same articles per step that one process with batch N b sees, so the curves are comparable step by step.
 `--fsdp` shards the model with Trainer's FSDP (`full_shard auto_wrap`, one unit per `EfficientBlock`).
+`--sampling` picks Trainer's `train_sampling_strategy`: with articles of varying length a DDP step lasts as long as its
+slowest rank's batch, and `group_by_length` / `batch_rebalance` (cost-balanced batches across the ranks) are
+transformers' answers; `--pad-to N` pads every batch to N tokens (fixed shapes: the scaling of the compute alone).
 
 Rank 0 writes OUT/run_LABEL.json: per-step losses and CUDA-synchronised step times, samples/s over the steps after
 --warmup-steps (the median step), the peak GPU memory of the busiest rank. `--report OUT` writes OUT/distributed.md
@@ -37,7 +40,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from padded_finetune import Articles, StepTimer  # noqa: E402
+from padded_finetune import Articles, StepProfiler, StepTimer  # noqa: E402
 
 import hf_efficient  # noqa: E402, F401  (registers the efficient_* model types)
 
@@ -64,24 +67,36 @@ def train(args: argparse.Namespace) -> None:
             setattr(config, key, args.dropout)
     if getattr(config, "global_first_token", None) is False:
         config.global_first_token = True  # Longformer's classification recipe, as the example does
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model, config=config,
-                                                                            dtype=torch.float32)
+    if args.set:  # another size of the same architecture, from scratch (throughput and scaling, not the loss)
+        changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+        config = type(config)(**{**config.to_dict(), **changes})  # the config's own checks and per-layer expansion
+        torch.manual_seed(0)
+        model = transformers.AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model, config=config,
+                                                                                dtype=torch.float32)
     fsdp = {}
     if args.fsdp:
         fsdp = dict(fsdp="full_shard auto_wrap", fsdp_config={"transformer_layer_cls_to_wrap": ["EfficientBlock"],
                                                               "use_orig_params": True})
+    padding = dict(padding="max_length", max_length=args.pad_to) if args.pad_to else {}
     timer, log = StepTimer(torch.device("cuda" if on_gpu else "cpu")), LossLog()
+    callbacks = [timer, log]
+    if args.profile and on_gpu and int(os.environ.get("RANK", "0")) == 0:  # rank 0's kernels, NCCL's waits included
+        args.out.mkdir(parents=True, exist_ok=True)
+        callbacks.append(StepProfiler(args.warmup_steps, args.profile, args.out / f"profile_{args.label}.md"))
     with tempfile.TemporaryDirectory() as scratch:
         training = transformers.TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=args.batch, max_steps=args.steps,
             learning_rate=args.learning_rate, lr_scheduler_type="constant", bf16=on_gpu, use_cpu=not on_gpu,
             logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
             seed=0, data_seed=0, dataloader_num_workers=2 if on_gpu else 0, dataloader_drop_last=True,
-            remove_unused_columns=False, ddp_find_unused_parameters=False, **fsdp)
+            remove_unused_columns=False, ddp_find_unused_parameters=False, train_sampling_strategy=args.sampling,
+            **fsdp)
         if training.world_size != world:
             raise SystemExit(f"error: launched {world} processes but Trainer runs on {training.world_size}")
-        trainer = transformers.Trainer(model=model, args=training, train_dataset=data, callbacks=[timer, log],
-                                       data_collator=transformers.DataCollatorWithPadding(tokenizer))
+        trainer = transformers.Trainer(model=model, args=training, train_dataset=data, callbacks=callbacks,
+                                       data_collator=transformers.DataCollatorWithPadding(tokenizer, **padding))
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
@@ -91,9 +106,11 @@ def train(args: argparse.Namespace) -> None:
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     if training.process_index == 0:
         steady = statistics.median(timer.times[args.warmup_steps:])
-        run = {"label": args.label, "processes": world, "dropout": args.dropout, "log_every": args.log_every,
+        run = {"label": args.label, "processes": world, "config_changes": args.set, "dropout": args.dropout,
+               "log_every": args.log_every,
                "batch_per_process": args.batch,
-               "global_batch": world * args.batch, "fsdp": args.fsdp, "losses": log.losses, "step_s": timer.times,
+               "global_batch": world * args.batch, "fsdp": args.fsdp, "sampling": args.sampling, "pad_to": args.pad_to,
+               "losses": log.losses, "step_s": timer.times,
                "steady_step_s": steady,
                "samples_per_s": world * args.batch / steady, "peak_gib": float(peak),
                "device": torch.cuda.get_device_name() if on_gpu else "cpu", "model": str(args.model)}
@@ -110,8 +127,9 @@ def report(out: Path) -> str:
              "same batch per process | peak GiB (busiest rank) | max abs loss diff vs 1 process, same global batch "
              "(steps) | mean loss, last 10 steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        alike = [r for r in lone if (r.get("dropout"), r.get("log_every", 1)) == (run.get("dropout"),
-                                                                                     run.get("log_every", 1))]
+        setting = ("dropout", "log_every", "sampling", "pad_to")
+        defaults = {"log_every": 1, "sampling": "random"}
+        alike = [r for r in lone if all(r.get(k, defaults.get(k)) == run.get(k, defaults.get(k)) for k in setting)]
         same_batch = next((r for r in alike if r["batch_per_process"] == run["batch_per_process"]), None)
         same_global = next((r for r in alike if r["global_batch"] == run["global_batch"]), None)
         scaling = f"{run['samples_per_s'] / same_batch['samples_per_s']:.2f}x" if same_batch else "-"
@@ -124,6 +142,10 @@ def report(out: Path) -> str:
         kind = "FSDP" if run["fsdp"] else ("DDP" if run["processes"] > 1 else "one process")
         if run.get("dropout") is not None:
             kind += f", dropout {run['dropout']:g}"
+        if run.get("sampling", "random") != "random":
+            kind += f", {run['sampling']}"
+        if run.get("pad_to"):
+            kind += f", padded to {run['pad_to']}"
         lines.append(f"| {run['label']} ({kind}) | {run['processes']} | {run['batch_per_process']} | "
                      f"{run['global_batch']} | {1000 * run['steady_step_s']:.1f} | {run['samples_per_s']:.1f} | "
                      f"{scaling} | {run['peak_gib']:.1f} | {curve} | {statistics.mean(run['losses'][-10:]):.4f} |")
@@ -145,6 +167,14 @@ def main(argv=None) -> None:
     parser.add_argument("--log-every", type=int, default=1, help="steps between logged losses (each log is a "
                         "collective over the processes and a host sync)")
     parser.add_argument("--dropout", type=float, help="set every dropout probability of the model (default: its own)")
+    parser.add_argument("--sampling", default="random", choices=("random", "group_by_length", "batch_rebalance"),
+                        help="Trainer's train_sampling_strategy")
+    parser.add_argument("--pad-to", type=int, help="pad every batch to this many tokens (default: to its longest)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config key of --model changed (e.g. hidden_size=768); the model is then built from "
+                        "scratch with random weights")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile rank 0 over STEPS steps after the warm-up (GPU busy time, longest kernels)")
     parser.add_argument("--fsdp", action="store_true", help="shard with Trainer's FSDP, one unit per EfficientBlock")
     parser.add_argument("--report", action="store_true", help="write OUT/distributed.md from OUT's runs, train nothing")
     args = parser.parse_args(argv)
