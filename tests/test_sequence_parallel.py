@@ -133,3 +133,26 @@ def test_split_matches_one_process_on_three_ranks():
 def test_refusals(model, message):
     with pytest.raises(ValueError, match=message), sequence_parallel(model()):
         pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_split_matches_one_gpu_on_two_gpus(tmp_path):
+    """benchmarks/sequence_parallel.py's fp32 check (flex on CUDA, NCCL) on a tiny model, and its table."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(root / "benchmarks" / "sequence_parallel.py"), "--tiny", "--lengths", "1024", "2048",
+               "--check-length", "1024", "--repeats", "1", "--out", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
+                         "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    found = re.search(r"max abs diff (\S+); gradients max abs diff (\S+) \(largest gradient (\S+)\)", run.stdout)
+    loss_diff, grad_diff, largest = (float(x) for x in found.groups())
+    assert loss_diff <= 1e-4 and grad_diff <= 1e-3 * largest, found.group(0)
+    assert "| 2048 | 2 |" in run.stdout
