@@ -47,7 +47,7 @@ def whole_batch(global_positions: list[tuple[int, int]]) -> dict[str, torch.Tens
             "global_attention_mask": is_global}
 
 
-def split_matches_one_process(rank: int, world: int, overrides: dict, global_positions: list) -> None:
+def split_matches_one_process(rank: int, world: int, overrides: dict, global_positions: list, group=None) -> None:
     model = masked_lm(**overrides).train()
     batch = whole_batch(global_positions)
     whole = model(**batch, return_logits=True)
@@ -58,12 +58,12 @@ def split_matches_one_process(rank: int, world: int, overrides: dict, global_pos
 
     size = LENGTH // world
     own = slice(rank * size, (rank + 1) * size)
-    with sequence_parallel(model):
-        split = model(**shard_batch(batch), return_logits=True)
+    with sequence_parallel(model, group):
+        split = model(**shard_batch(batch, group), return_logits=True)
         split.loss.backward()
-    sum_gradients(model)
+    sum_gradients(model, group)
     torch.testing.assert_close(split.logits, whole.logits[:, own], **TOLERANCE)
-    torch.testing.assert_close(whole_loss(split.loss), whole.loss, **TOLERANCE)
+    torch.testing.assert_close(whole_loss(split.loss, group), whole.loss, **TOLERANCE)
     grads = {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
     assert grads.keys() == expected.keys()
     for name, grad in grads.items():
@@ -76,51 +76,51 @@ def split_matches_one_process(rank: int, world: int, overrides: dict, global_pos
         with torch.no_grad():
             expected_logits = model(**inputs, return_logits=True).logits[:, own]
             model.config.attention_backend = backend
-            with sequence_parallel(model):
-                logits = model(**shard_batch(inputs), return_logits=True).logits
+            with sequence_parallel(model, group):
+                logits = model(**shard_batch(inputs, group), return_logits=True).logits
             model.config.attention_backend = "auto"
         torch.testing.assert_close(logits, expected_logits, **TOLERANCE, msg=lambda m, b=backend: f"{b}: {m}")
 
 
-def refusals_in_a_group(rank: int, world: int) -> None:
+def refusals_in_a_group(group) -> None:
     model = masked_lm().eval()
     batch = whole_batch([(0, 3)])
     with pytest.raises(ValueError, match="not a multiple of the 2 ranks"):
-        shard_batch({name: value[:, :-1] for name, value in batch.items()})
+        shard_batch({name: value[:, :-1] for name, value in batch.items()}, group)
     without_labels = dict(batch, labels=torch.where(torch.arange(LENGTH) < LENGTH // 2, batch["labels"], -100))
     with pytest.raises(ValueError, match=r"ranks \[1\] hold no labelled token"):
-        shard_batch(without_labels)
+        shard_batch(without_labels, group)
     with pytest.raises(ValueError, match="sequence-level labels"):
-        shard_batch(dict(batch, labels=torch.tensor([0, 1])))
+        shard_batch(dict(batch, labels=torch.tensor([0, 1])), group)
     with pytest.raises(ValueError, match="drop .'inputs_embeds'"):
-        shard_batch(dict(batch, inputs_embeds=torch.zeros(2, LENGTH, 32)))
-    with sequence_parallel(model), torch.no_grad():
+        shard_batch(dict(batch, inputs_embeds=torch.zeros(2, LENGTH, 32)), group)
+    with sequence_parallel(model, group), torch.no_grad():
         with pytest.raises(ValueError, match="output_attentions"):
-            model(**shard_batch(batch), output_attentions=True)
+            model(**shard_batch(batch, group), output_attentions=True)
         short = {name: value[:, :8] for name, value in batch.items() if name != "labels"}  # layer 1 reaches 6
         with pytest.raises(ValueError, match="at least 6 tokens"):
-            model(**shard_batch(short))
+            model(**shard_batch(short, group))
         model.config.attention_backend = "reference"
         with pytest.raises(ValueError, match="'reference' has no split mode"):
-            model(**shard_batch(batch))
+            model(**shard_batch(batch, group))
         model.config.attention_backend = "auto"
     assert model.model.layers[0].self_attn.sequence_split is None, "leaving the block restores the layers"
 
 
-def two_ranks(rank: int, world: int) -> None:
-    split_matches_one_process(rank, world, {}, [(0, 3), (0, 30), (1, 5)])
-    refusals_in_a_group(rank, world)
+def two_and_three_ranks(rank: int, world: int) -> None:
+    """Ranks 0 and 1 as a group of their own (absolute positions, global tokens in both chunks, the second row
+    padded from the middle of rank 1's chunk; then the refusals), then all three (rotary positions, global tokens in
+    rank 0's chunk only, the middle rank taking halos from both sides). One set of processes, as starting them costs
+    seconds."""
+    pair = torch.distributed.new_group([0, 1])
+    if rank < 2:
+        split_matches_one_process(rank, 2, {}, [(0, 3), (0, 30), (1, 5)], pair)
+        refusals_in_a_group(pair)
+    split_matches_one_process(rank, world, {"position_embedding_type": "rotary"}, [(0, 2), (1, 10)])
 
 
-def test_split_matches_one_process_on_two_ranks_and_refuses_what_it_cannot_split():
-    """Absolute positions; global tokens on both ranks' chunks, rank 1's second row padded from its middle. One
-    group of processes for both checks, as starting one costs seconds."""
-    run_ranks(two_ranks, world=2)
-
-
-def test_split_matches_one_process_on_three_ranks():
-    """Rotary positions; the middle rank takes halos from both sides; global tokens on rank 0 only."""
-    run_ranks(split_matches_one_process, {"position_embedding_type": "rotary"}, [(0, 2), (1, 10)], world=3)
+def test_split_matches_one_process_on_two_and_three_ranks():
+    run_ranks(two_and_three_ranks, world=3)
 
 
 @pytest.mark.parametrize(("model", "message"), [

@@ -75,13 +75,16 @@ def swap_with_neighbours(to_previous: torch.Tensor, to_next: torch.Tensor, group
 
 
 class HaloExchange(torch.autograd.Function):
-    """chunk (batch, heads, n, d) -> (the previous rank's last `reach` rows, the next rank's first `reach` rows);
-    the backward sends each halo's gradient back to the rank it came from."""
+    """key, value (batch, heads, n, d) -> the previous rank's last `reach` keys and values, the next rank's first
+    `reach` ones, each (batch, heads, reach, 2d) [keys | values]; the backward sends each halo's gradient back to the
+    rank it came from."""
 
     @staticmethod
-    def forward(ctx, chunk: torch.Tensor, reach: int, group):
-        ctx.reach, ctx.group, ctx.length = reach, group, chunk.shape[2]
-        return swap_with_neighbours(chunk[:, :, :reach], chunk[:, :, -reach:], group)
+    def forward(ctx, key: torch.Tensor, value: torch.Tensor, reach: int, group):
+        ctx.reach, ctx.group, ctx.length = reach, group, key.shape[2]
+        first = torch.cat([key[:, :, :reach], value[:, :, :reach]], dim=-1)
+        last = torch.cat([key[:, :, -reach:], value[:, :, -reach:]], dim=-1)
+        return swap_with_neighbours(first, last, group)
 
     @staticmethod
     def backward(ctx, grad_previous: torch.Tensor, grad_next: torch.Tensor):
@@ -89,7 +92,8 @@ class HaloExchange(torch.autograd.Function):
         grad = to_first.new_zeros(*to_first.shape[:2], ctx.length, to_first.shape[-1])
         grad[:, :, :ctx.reach] += to_first
         grad[:, :, -ctx.reach:] += to_last  # the two overlap when the chunk is exactly the reach long
-        return grad, None, None
+        grad_key, grad_value = grad.chunk(2, dim=-1)
+        return grad_key, grad_value, None, None
 
 
 class SumAcrossRanks(torch.autograd.Function):
@@ -152,7 +156,7 @@ class SequenceSplit:
         query, key, value = attention.project(hidden_states, position_embeddings)
         kv_heads, dim = key.shape[1], key.shape[-1]
         # [previous halo, own chunk, next halo]: positions start - reach .. start + length + reach
-        previous, following = HaloExchange.apply(torch.cat([key, value], dim=-1), reach, self.group)
+        previous, following = HaloExchange.apply(key, value, reach, self.group)
         keys = torch.cat([previous[..., :dim], key, following[..., :dim]], dim=2)
         values = torch.cat([previous[..., dim:], value, following[..., dim:]], dim=2)
         queries = F.pad(query, (0, 0, reach, reach))  # the halo's rows are computed and dropped
