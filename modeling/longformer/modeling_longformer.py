@@ -1560,6 +1560,8 @@ class EfficientLongformerAttention(EfficientAttention):
 
     supports_cache = True
     supports_global_attention = True
+    supports_sequence_parallel = True
+    sequence_split = None  # a sequence split across ranks: set by hf_efficient.parallel.sequence_parallel
 
     def __init__(self, config: EfficientLongformerConfig, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -1590,6 +1592,9 @@ class EfficientLongformerAttention(EfficientAttention):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         shared_state = {} if shared_state is None else shared_state
+        if self.sequence_split is not None:
+            return self.sequence_split(self, hidden_states, attention_mask, position_embeddings, past_key_values,
+                                       global_attention_mask, output_attentions, shared_state)
         query, key, value = self.project(hidden_states, position_embeddings)
         past_length = 0
         if past_key_values is not None:

@@ -1,0 +1,158 @@
+"""Sequence parallelism (hf_efficient.parallel) on 2 and 3 CPU processes of a gloo group: a masked-LM step on a
+sequence split across the ranks gives the whole sequence's logits, loss and (summed) gradients, as one process
+computes them, with padding, dilation, global tokens on some ranks only and windows reaching across the chunks'
+boundaries; and the refusals."""
+
+import pytest
+import torch
+from ranks import run_ranks
+
+from hf_efficient import (
+    EfficientBigBirdConfig,
+    EfficientBigBirdForMaskedLM,
+    EfficientLongformerConfig,
+    EfficientLongformerForMaskedLM,
+    EfficientLongformerForSequenceClassification,
+    EfficientLongformerModel,
+)
+from hf_efficient.parallel import sequence_parallel, shard_batch, sum_gradients, whole_loss
+
+LENGTH = 48
+# reach (window / 2 * dilation): 4 tokens in layer 0, 6 in layer 1, across every boundary of 24- or 16-token chunks
+SIZES = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+             attention_window=[8, 6], attention_dilation=[1, 2])
+BACKBONE = {name: value for name, value in SIZES.items() if name not in ("attention_window", "attention_dilation")}
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def masked_lm(**overrides) -> EfficientLongformerForMaskedLM:
+    torch.manual_seed(0)  # the same weights in every process
+    return EfficientLongformerForMaskedLM(EfficientLongformerConfig(**SIZES, **overrides))
+
+
+def whole_batch(global_positions: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Two random rows of LENGTH tokens, the second padded over its last 13, labels on a random 30% of the real
+    tokens (at least one per 16-token chunk), the given (row, position) tokens global."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 61, (2, LENGTH), generator=generator)
+    keep = torch.ones_like(ids)
+    keep[1, -13:] = 0
+    labelled = (torch.rand(2, LENGTH, generator=generator) < 0.3) & keep.bool()
+    labelled[0, ::16] = True
+    is_global = torch.zeros_like(ids)
+    for row, position in global_positions:
+        is_global[row, position] = 1
+    return {"input_ids": ids, "attention_mask": keep, "labels": torch.where(labelled, ids, -100),
+            "global_attention_mask": is_global}
+
+
+def split_matches_one_process(rank: int, world: int, overrides: dict, global_positions: list, group=None) -> None:
+    model = masked_lm(**overrides).train()
+    batch = whole_batch(global_positions)
+    whole = model(**batch, return_logits=True)
+    whole.loss.backward()
+    expected = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
+                if parameter.grad is not None}  # all but the unused pooler's
+    model.zero_grad()
+
+    size = LENGTH // world
+    own = slice(rank * size, (rank + 1) * size)
+    with sequence_parallel(model, group):
+        split = model(**shard_batch(batch, group), return_logits=True)
+        split.loss.backward()
+    sum_gradients(model, group)
+    torch.testing.assert_close(split.logits, whole.logits[:, own], **TOLERANCE)
+    torch.testing.assert_close(whole_loss(split.loss, group), whole.loss, **TOLERANCE)
+    grads = {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, expected[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+
+    model.eval()
+    no_global = {name: value for name, value in batch.items() if name != "global_attention_mask"}
+    for backend, inputs in (("blocked", no_global), ("flex", batch)):  # flex: forward only on CPU
+        with torch.no_grad():
+            expected_logits = model(**inputs, return_logits=True).logits[:, own]
+            model.config.attention_backend = backend
+            with sequence_parallel(model, group):
+                logits = model(**shard_batch(inputs, group), return_logits=True).logits
+            model.config.attention_backend = "auto"
+        torch.testing.assert_close(logits, expected_logits, **TOLERANCE, msg=lambda m, b=backend: f"{b}: {m}")
+
+
+def refusals_in_a_group(group) -> None:
+    model = masked_lm().eval()
+    batch = whole_batch([(0, 3)])
+    with pytest.raises(ValueError, match="not a multiple of the 2 ranks"):
+        shard_batch({name: value[:, :-1] for name, value in batch.items()}, group)
+    without_labels = dict(batch, labels=torch.where(torch.arange(LENGTH) < LENGTH // 2, batch["labels"], -100))
+    with pytest.raises(ValueError, match=r"ranks \[1\] hold no labelled token"):
+        shard_batch(without_labels, group)
+    with pytest.raises(ValueError, match="sequence-level labels"):
+        shard_batch(dict(batch, labels=torch.tensor([0, 1])), group)
+    with pytest.raises(ValueError, match="drop .'inputs_embeds'"):
+        shard_batch(dict(batch, inputs_embeds=torch.zeros(2, LENGTH, 32)), group)
+    with sequence_parallel(model, group), torch.no_grad():
+        with pytest.raises(ValueError, match="output_attentions"):
+            model(**shard_batch(batch, group), output_attentions=True)
+        short = {name: value[:, :8] for name, value in batch.items() if name != "labels"}  # layer 1 reaches 6
+        with pytest.raises(ValueError, match="at least 6 tokens"):
+            model(**shard_batch(short, group))
+        model.config.attention_backend = "reference"
+        with pytest.raises(ValueError, match="'reference' has no split mode"):
+            model(**shard_batch(batch, group))
+        model.config.attention_backend = "auto"
+    assert model.model.layers[0].self_attn.sequence_split is None, "leaving the block restores the layers"
+
+
+def two_and_three_ranks(rank: int, world: int) -> None:
+    """Ranks 0 and 1 as a group of their own (absolute positions, global tokens in both chunks, the second row
+    padded from the middle of rank 1's chunk; then the refusals), then all three (rotary positions, global tokens in
+    rank 0's chunk only, the middle rank taking halos from both sides). One set of processes, as starting them costs
+    seconds."""
+    pair = torch.distributed.new_group([0, 1])
+    if rank < 2:
+        split_matches_one_process(rank, 2, {}, [(0, 3), (0, 30), (1, 5)], pair)
+        refusals_in_a_group(pair)
+    split_matches_one_process(rank, world, {"position_embedding_type": "rotary"}, [(0, 2), (1, 10)])
+
+
+def test_split_matches_one_process_on_two_and_three_ranks():
+    run_ranks(two_and_three_ranks, world=3)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (lambda: EfficientBigBirdForMaskedLM(EfficientBigBirdConfig(**BACKBONE)), "has no split mode"),
+    (lambda: EfficientLongformerModel(EfficientLongformerConfig(**SIZES, is_causal=True)), "encoders"),
+    (lambda: EfficientLongformerForSequenceClassification(EfficientLongformerConfig(**SIZES)), "masked-LM head"),
+    (lambda: masked_lm(global_first_token=True), "mark position 0"),
+    (lambda: masked_lm(), "torch.distributed group"),
+])
+def test_refusals(model, message):
+    with pytest.raises(ValueError, match=message), sequence_parallel(model()):
+        pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_split_matches_one_gpu_on_two_gpus(tmp_path):
+    """benchmarks/sequence_parallel.py's fp32 check (flex on CUDA, NCCL) on a tiny model, and its table."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(root / "benchmarks" / "sequence_parallel.py"), "--tiny", "--lengths", "1024", "2048",
+               "--check-length", "1024", "--repeats", "1", "--out", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
+                         "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    found = re.search(r"max abs diff (\S+); gradients max abs diff (\S+) \(largest gradient (\S+)\)", run.stdout)
+    loss_diff, grad_diff, largest = (float(x) for x in found.groups())
+    assert loss_diff <= 1e-4 and grad_diff <= 1e-3 * largest, found.group(0)
+    assert "| 2048 | 2 |" in run.stdout
