@@ -13,6 +13,7 @@ with Adam, then evaluates on held-out batches drawn with another seed. "baseline
 
     python benchmarks/set_tasks.py --device cpu --steps 1000 --max-size 20      # ~2 min a row on 1 CPU core
     python benchmarks/set_tasks.py --device cuda --steps 3000 --max-size 200 --hidden 128 --batch 64   # ~3 min
+    python benchmarks/set_tasks.py --device cuda --steps 2000 --max-size 200 --hidden 128 --batch 64 --no-layer-norm
 """
 
 import argparse
@@ -52,7 +53,7 @@ def build(task: str, encoder: str, args) -> torch.nn.Module:
     config = hf_efficient.EfficientSetTransformerConfig(
         input_size=1 if task == "max" else UNIQUE_FEATURES, hidden_size=args.hidden, intermediate_size=args.hidden,
         num_attention_heads=4, num_hidden_layers=2, encoder_block=encoder, num_inducing_points=args.inducing,
-        num_seeds=1, num_decoder_layers=1, num_labels=1 if task == "max" else POOL,
+        num_seeds=1, num_decoder_layers=1, num_labels=1 if task == "max" else POOL, use_layer_norm=args.layer_norm,
         problem_type="regression" if task == "max" else "single_label_classification")
     return hf_efficient.EfficientSetTransformerForSequenceClassification(config)
 
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-layer-norm", dest="layer_norm", action="store_false",
+                        help="MABs without their layer norms (use_layer_norm=False, the authors' code's default)")
     args = parser.parse_args(argv)
     for name in ("steps", "batch", "hidden", "inducing", "eval_batches"):
         if getattr(args, name) < 1:
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
+    print(f"layer norms {'on' if args.layer_norm else 'off'}, hidden {args.hidden}, batch {args.batch}, sets of 2 to "
+          f"{args.max_size}, lr {args.lr}")
     print("| task | encoder | parameters | steps | train s | metric | constant baseline |")
     print("|---|---|---|---|---|---|---|")
     for task in args.tasks:
