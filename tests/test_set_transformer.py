@@ -197,12 +197,12 @@ def test_set_scaling_benchmark_runs_and_reports_out_of_memory(capsys, monkeypatc
 
     real = set_scaling.run_case
 
-    def out_of_memory_above_8(name, size, *args):
-        if name == "sab" and size > 8:
+    def out_of_memory(name, size, *args):
+        if name == "sab":
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(name, size, *args)
 
-    monkeypatch.setattr(set_scaling, "run_case", out_of_memory_above_8)
+    monkeypatch.setattr(set_scaling, "run_case", out_of_memory)
     set_scaling.main(["--device", "cpu", "--sizes", "8,16", "--hidden", "8", "--repeats", "1"])
     table = capsys.readouterr().out.split("\n\n")[-1]
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
