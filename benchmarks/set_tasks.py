@@ -3,15 +3,17 @@
 Tasks (sets of random sizes in [2, --max-size], padded in a batch with an attention_mask):
   max     one number per element, uniform in [0, 1); the target is the set's largest (regression, num_labels=1;
           metric: mean absolute error, lower is better)
-  unique  elements drawn with replacement from a pool of POOL random prototype vectors (plus small noise); the target
-          is how many distinct prototypes the set holds (classification over 1..POOL; metric: accuracy)
+  unique  a set holds k distinct prototypes of a pool of POOL random vectors (k uniform in [1, min(POOL, size)]),
+          each at least once, the other elements drawn among those k (plus small noise on every element); the
+          target is k (classification over 1..POOL; metric: accuracy; the constant's is about 1 / POOL)
 
 Each row trains EfficientSetTransformerForSequenceClassification (PMA with one seed, one decoder SAB) from scratch
 with Adam, then evaluates on held-out batches drawn with another seed. "baseline" is the best constant prediction
 (the training targets' median for max, the most frequent count for unique), so a model that learned beats it.
 
-    python benchmarks/set_tasks.py --device cpu --steps 300           # a few minutes on a CPU
-    python benchmarks/set_tasks.py --device cuda --steps 5000 --max-size 500 --hidden 128
+    python benchmarks/set_tasks.py --device cpu --steps 1000 --max-size 20      # ~2 min a row on 1 CPU core
+    python benchmarks/set_tasks.py --device cuda --steps 3000 --max-size 200 --hidden 128 --batch 64   # ~3 min
+    python benchmarks/set_tasks.py --device cuda --steps 2000 --max-size 200 --hidden 128 --batch 64 --no-layer-norm
 """
 
 import argparse
@@ -35,7 +37,12 @@ def make_batch(task: str, batch: int, max_size: int, generator: torch.Generator,
         values = torch.rand(batch, max_size, 1, generator=generator)
         labels = values[..., 0].masked_fill(mask == 0, 0.0).amax(-1)
         return values, mask, labels
-    picks = torch.randint(0, POOL, (batch, max_size), generator=generator)
+    # k distinct prototypes per set, k uniform in [1, min(POOL, size)]: each of them once, then draws among them
+    distinct = 1 + (torch.rand(batch, generator=generator) * sizes.clamp(max=POOL)).long()
+    chosen = torch.rand(batch, POOL, generator=generator).argsort(-1)  # a random order of the prototypes per set
+    slots = (torch.rand(batch, max_size, generator=generator) * distinct[:, None]).long()
+    slots = torch.where(torch.arange(max_size) < distinct[:, None], torch.arange(max_size), slots)
+    picks = chosen.gather(1, slots.clamp(max=POOL - 1))
     features = prototypes[picks] + 0.05 * torch.randn(batch, max_size, UNIQUE_FEATURES, generator=generator)
     present = torch.zeros(batch, POOL).scatter_add_(1, picks.masked_fill(mask == 0, 0), mask.float())
     labels = (present > 0).sum(-1) - 1  # classes 0..POOL-1 for counts 1..POOL
@@ -46,7 +53,7 @@ def build(task: str, encoder: str, args) -> torch.nn.Module:
     config = hf_efficient.EfficientSetTransformerConfig(
         input_size=1 if task == "max" else UNIQUE_FEATURES, hidden_size=args.hidden, intermediate_size=args.hidden,
         num_attention_heads=4, num_hidden_layers=2, encoder_block=encoder, num_inducing_points=args.inducing,
-        num_seeds=1, num_decoder_layers=1, num_labels=1 if task == "max" else POOL,
+        num_seeds=1, num_decoder_layers=1, num_labels=1 if task == "max" else POOL, use_layer_norm=args.layer_norm,
         problem_type="regression" if task == "max" else "single_label_classification")
     return hf_efficient.EfficientSetTransformerForSequenceClassification(config)
 
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-layer-norm", dest="layer_norm", action="store_false",
+                        help="MABs without their layer norms (use_layer_norm=False, the authors' code's default)")
     args = parser.parse_args(argv)
     for name in ("steps", "batch", "hidden", "inducing", "eval_batches"):
         if getattr(args, name) < 1:
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
+    print(f"layer norms {'on' if args.layer_norm else 'off'}, hidden {args.hidden}, batch {args.batch}, sets of 2 to "
+          f"{args.max_size}, lr {args.lr}")
     print("| task | encoder | parameters | steps | train s | metric | constant baseline |")
     print("|---|---|---|---|---|---|---|")
     for task in args.tasks:

@@ -188,3 +188,27 @@ def test_set_task_benchmark_runs_and_trains(capsys):
     for task in set_tasks.TASKS:
         assert task in table
     assert "isab" in table and "sab" in table
+
+
+def test_set_scaling_benchmark_runs_and_reports_out_of_memory(capsys, monkeypatch):
+    """The scaling benchmark's smoke test on CPU; an OOM at one size is printed as OOM and ends that model's row."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import set_scaling
+
+    real = set_scaling.run_case
+
+    def out_of_memory(name, size, *args):
+        if name == "sab":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(name, size, *args)
+
+    monkeypatch.setattr(set_scaling, "run_case", out_of_memory)
+    set_scaling.main(["--device", "cpu", "--sizes", "8,16", "--hidden", "8", "--repeats", "1"])
+    table = capsys.readouterr().out.split("\n\n")[-1]
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert sorted(rows) == sorted(set_scaling.MODELS)
+    assert rows["sab"].endswith("| OOM | skipped (OOM at a smaller size) |")
+    for name in ("isab16", "isab32", "bert_sdpa"):
+        assert rows[name].count(" ms / n/a") == 2
+    with pytest.raises(SystemExit):
+        set_scaling.main(["--models", "sab,bogus"])
