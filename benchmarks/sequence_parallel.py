@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-length", type=int, help="length of the fp32 check (default 4096; --tiny 128); 0: skip")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results/sequence_parallel")))
+    parser.add_argument("--one-gpu", action="store_true", help="only the one-GPU rows (run with one process)")
     parser.add_argument("--report", action="store_true", help="print the table of $OUT/sequence_parallel.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,8 @@ def main() -> None:
     dist.broadcast_object_list(shared, src=0)
     fits = shared[0]
 
-    for length in [length for length in lengths if length >= fits]:  # split, from the largest that fit
+    for length in [length for length in lengths if length >= fits and not args.one_gpu]:  # split, from the largest
+        # that fit
         if rank == 0:  # what the table says if this length never finishes (out of memory on a rank, killed)
             save([*rows, {"length": length, "gpus": world, "status": "did not finish (see the log)"}], args.out)
         try:
