@@ -7,16 +7,29 @@
 #   bash benchmarks/run_images_gpu.sh [STEPS]          # tests, digits, conditional digits, set tasks
 #   bash benchmarks/run_images_gpu.sh more [STEPS]     # 32x32 RGB crops, conditional digits, train_step --images,
 #                                                      # the unique-counting set task
+#   bash benchmarks/run_images_gpu.sh rest             # 32x32 crops bits/dim of Axial beside GPT-2 (no sampling:
+#                                                      # Axial has no cache), train_step --images at 128x128
 set -u
 cd "$(dirname "$0")/.."
 MODE=digits
-if [ "${1:-}" = more ]; then MODE=more; shift; fi
+if [ "${1:-}" = more ] || [ "${1:-}" = rest ]; then MODE=$1; shift; fi
 STEPS=${1:-1200}
 OUT=${OUT:-benchmarks/results}
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 DIGITS_KNOBS="--set image_transformer_1d.query_block_length=16 --set image_transformer_1d.memory_length=16
   --set image_transformer_2d.query_shape=4 --set image_transformer_2d.memory_flange=2"
+if [ "$MODE" = rest ]; then
+  timeout 200 python benchmarks/image_density.py --data crops --cache benchmarks/.data/images --steps 300 --batch 8 \
+    --models gpt2 axial --out "$WORK/crops_axial" > "$WORK/crops_axial.log" 2>&1
+  tail -5 "$WORK/crops_axial.log"
+  timeout 200 python benchmarks/train_step.py --images --image-sizes 128 \
+    --models axial,image_transformer_1d,image_transformer_2d,llama_sdpa --out "$WORK/train_step_images_128" \
+    > "$WORK/train_step_images_128.log" 2>&1
+  tail -8 "$WORK/train_step_images_128.log"
+  tar -C "$WORK" -cf "$OUT/images_rest.tar" .
+  exit 0
+fi
 if [ "$MODE" = more ]; then
   timeout 200 python benchmarks/image_density.py --data crops --cache benchmarks/.data/images --steps 300 --batch 8 \
     --samples 16 --out "$WORK/crops" > "$WORK/crops.log" 2>&1
