@@ -160,10 +160,10 @@ def global_rows(
 ) -> torch.Tensor:
     """Each global token's row: its global query against every real key (earlier ones when causal).
 
-    Up to FEW_GLOBAL_QUERIES rows are scored as plain matmuls (the weights, heads x G x N, are small): torch's fused
-    SDPA kernels parallelise over query tiles, so one query against N keys runs on a handful of thread blocks, and
-    its memory-efficient backward took 25 ms a layer at 65,536 tokens on an H200 (60% of a base-size step). Returns
-    (batch, G, heads, d).
+    On CUDA up to FEW_GLOBAL_QUERIES rows are scored as plain matmuls (the weights, heads x G x N, are small): torch's
+    fused SDPA kernels parallelise over query tiles, so one query against N keys runs on a handful of thread blocks,
+    and its memory-efficient backward took 25 ms a layer at 65,536 tokens on an H200 (60% of a base-size step). On
+    CPU SDPA stays (the matmul path made a 4096-token MiniLM test 1.8x slower). Returns (batch, G, heads, d).
     """
     length = global_key.shape[2]
     positions = torch.arange(length, device=global_key.device)
@@ -173,7 +173,7 @@ def global_rows(
     if causal:
         mask = mask & (positions <= global_index[:, None, :, None])
     mask = mask | (positions == global_index[:, None, :, None])
-    few = global_index.shape[1] <= FEW_GLOBAL_QUERIES
+    few = global_key.is_cuda and global_index.shape[1] <= FEW_GLOBAL_QUERIES
     attended, _ = attention.attend(gather_positions(global_query, global_index), global_key, global_value, mask,
                                    need_weights=few)
     return attended
