@@ -1,33 +1,35 @@
 #!/usr/bin/env bash
 # The image variants on one GPU: their gpu-marked tests, held-out bits/dim on the digits (unconditional beside GPT-2
-# of the same size, and class-conditional) with PNG sample grids, and the Set Transformer's set tasks. Carry
+# of the same size, and class-conditional) with PNG sample grids (the set tasks: run_sets_gpu.sh). Carry
 # benchmarks/.data/images (python benchmarks/image_data.py --write benchmarks/.data/images). Everything lands in
 # $OUT/images.tar (the device returns few files).
 #
-#   bash benchmarks/run_images_gpu.sh [STEPS]          # tests, digits, conditional digits, set tasks
-#   bash benchmarks/run_images_gpu.sh more [STEPS]     # 32x32 RGB crops, conditional digits, train_step --images,
-#                                                      # the unique-counting set task
+#   bash benchmarks/run_images_gpu.sh [STEPS]          # tests, digits, conditional digits
+#   bash benchmarks/run_images_gpu.sh more [STEPS]     # 32x32 RGB crops, conditional digits, train_step --images
 #   bash benchmarks/run_images_gpu.sh rest             # 32x32 crops bits/dim of Axial beside GPT-2 (no sampling:
 #                                                      # Axial has no cache), train_step --images at 128x128
+#   bash benchmarks/run_images_gpu.sh grid128          # train_step --images at 128x128 only
 set -u
 cd "$(dirname "$0")/.."
 MODE=digits
-if [ "${1:-}" = more ] || [ "${1:-}" = rest ]; then MODE=$1; shift; fi
+case "${1:-}" in more|rest|grid128) MODE=$1; shift;; esac
 STEPS=${1:-1200}
 OUT=${OUT:-benchmarks/results}
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 DIGITS_KNOBS="--set image_transformer_1d.query_block_length=16 --set image_transformer_1d.memory_length=16
   --set image_transformer_2d.query_shape=4 --set image_transformer_2d.memory_flange=2"
-if [ "$MODE" = rest ]; then
-  timeout 200 python benchmarks/image_density.py --data crops --cache benchmarks/.data/images --steps 300 --batch 8 \
-    --models gpt2 axial --out "$WORK/crops_axial" > "$WORK/crops_axial.log" 2>&1
-  tail -5 "$WORK/crops_axial.log"
+if [ "$MODE" = rest ] || [ "$MODE" = grid128 ]; then
+  if [ "$MODE" = rest ]; then
+    timeout 200 python benchmarks/image_density.py --data crops --cache benchmarks/.data/images --steps 300 --batch 8 \
+      --models gpt2 axial --out "$WORK/crops_axial" > "$WORK/crops_axial.log" 2>&1
+    tail -5 "$WORK/crops_axial.log"
+  fi
   timeout 200 python benchmarks/train_step.py --images --image-sizes 128 \
     --models axial,image_transformer_1d,image_transformer_2d,llama_sdpa --out "$WORK/train_step_images_128" \
     > "$WORK/train_step_images_128.log" 2>&1
   tail -8 "$WORK/train_step_images_128.log"
-  tar -C "$WORK" -cf "$OUT/images_rest.tar" .
+  tar -C "$WORK" -cf "$OUT/images_$MODE.tar" .
   exit 0
 fi
 if [ "$MODE" = more ]; then
@@ -43,9 +45,6 @@ if [ "$MODE" = more ]; then
     --models axial,image_transformer_1d,image_transformer_2d,llama_sdpa --out "$WORK/train_step_images" \
     > "$WORK/train_step_images.log" 2>&1
   tail -12 "$WORK/train_step_images.log"
-  timeout 70 python benchmarks/set_tasks.py --device cuda --tasks unique --steps 2000 --max-size 200 --hidden 128 \
-    --batch 64 > "$WORK/set_tasks_unique.log" 2>&1
-  tail -5 "$WORK/set_tasks_unique.log"
   tar -C "$WORK" -cf "$OUT/images_more.tar" .
   exit 0
 fi
@@ -61,7 +60,4 @@ timeout 120 python benchmarks/image_density.py --data digits --cache benchmarks/
   --class-conditional --models axial image_transformer_1d image_transformer_2d --samples 20 $DIGITS_KNOBS --out "$WORK/conditional" \
   > "$WORK/conditional.log" 2>&1
 tail -5 "$WORK/conditional.log"
-timeout 110 python benchmarks/set_tasks.py --device cuda --steps 3000 --max-size 200 --hidden 128 --batch 64 \
-  > "$WORK/set_tasks.log" 2>&1
-tail -8 "$WORK/set_tasks.log"
 tar -C "$WORK" -cf "$OUT/images.tar" .

@@ -661,29 +661,38 @@ def attention_backend_in_use(model: nn.Module, device: torch.device) -> str:
     return attention.choose_backend(probe, output_attentions=False, gpu_backend=None)
 
 
+MAX_REFERENCE_LENGTH = 16384  # the naive reference's (N, N) scores: 12 heads x 16K^2 x 2 B = 6 GiB a layer
+
+
 def check_backends(model: nn.Module, batch: dict, device: torch.device) -> str:
     """Same weights, same input: the loss (and logits) of our fast path against a second path (flex or compiled
     against blocked; blocked, when it is the fast path, against the naive reference). In eval mode (dropout is 0
     anyway), where models that redraw randomness per training step (the Reformer's hash rotations) are fixed."""
     fast = attention_backend_in_use(model, device)
     other = "blocked" if fast != "blocked" else "reference"
+    length = batch["input_ids"].shape[-1]
+    if other == "reference" and length > MAX_REFERENCE_LENGTH:
+        return (f"not compared: the second path would be the naive O(N^2) reference, run up to "
+                f"{MAX_REFERENCE_LENGTH} tokens (this length: {length})")
     forced = model.config.attention_backend
     results = {}
     training = model.training
     model.eval()
     # both passes from the same buffers: a training forward may move running statistics (routing centroids)
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    with torch.no_grad():
-        for backend in (fast, other):
-            for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name])
-            model.config.attention_backend = backend
-            torch.manual_seed(0)  # the same draws for both paths (Sinkhorn's Gumbel noise in training)
-            logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits
-            loss = lm_loss(logits, batch).item()
-            results[backend] = (loss, logits)
-    model.config.attention_backend = forced
-    model.train(training)
+    try:  # the forced backend comes back even when a pass fails (else the timed steps would run the other path)
+        with torch.no_grad():
+            for backend in (fast, other):
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(buffers[name])
+                model.config.attention_backend = backend
+                torch.manual_seed(0)  # the same draws for both paths (Sinkhorn's Gumbel noise in training)
+                logits = masked_lm_logits(model, batch).float()  # the loss again in fp32, off these logits
+                loss = lm_loss(logits, batch).item()
+                results[backend] = (loss, logits)
+    finally:
+        model.config.attention_backend = forced
+        model.train(training)
     (fast_loss, fast_logits), (other_loss, other_logits) = results[fast], results[other]
     finite = other_logits.isfinite()  # an image model's bos logit is -inf in both
     fast_logits, other_logits = fast_logits[finite], other_logits[finite]
