@@ -93,6 +93,26 @@ def test_isab_attention_maps_are_n_by_m_and_ignore_padding():
     assert [tuple(w.shape) for w in decoder] == [(2, heads, 2, 2)] * model.config.num_decoder_layers
 
 
+def test_inducing_points_and_seeds_query_at_the_scale_of_the_set():
+    """With the layer norms a set element enters each attention at unit scale per entry; the inducing points and PMA's
+    seeds take an element's place as queries, so at init their queries are as large as the elements'. Drawn at
+    initializer_range they were ~50x smaller: their attention over the set was a plain mean, with a second-order
+    gradient, and ISAB did not learn the set tasks (benchmarks/set_tasks.py)."""
+    model = model_of(initializer_range=0.02)  # the config's default, not the tiny tester's
+
+    def rms(tensor: torch.Tensor) -> float:
+        return tensor.pow(2).mean().sqrt().item()
+
+    with torch.no_grad():
+        out = model(input_features=features(2, 23), output_hidden_states=True)
+        for index, layer in enumerate(model.layers):
+            if index > 0:  # the first block's input is the raw projection, not a normed hidden state
+                query = layer.summarise.self_attn.q_proj
+                assert 0.5 < rms(query(layer.inducing_points)) / rms(query(out.hidden_states[index])) < 2
+        query = model.decoder.pma.mab.self_attn.q_proj
+        assert 0.5 < rms(query(model.decoder.pma.seeds)) / rms(query(out.last_hidden_state)) < 2
+
+
 def dense_mab(mab, x: torch.Tensor, y: torch.Tensor, layer_norm: bool) -> torch.Tensor:
     """The paper's MAB(X, Y) = LN(H + rFF(H)), H = LN(X + Multihead(X, Y, Y)), written out per head."""
     attention = mab.self_attn

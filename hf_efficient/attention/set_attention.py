@@ -16,6 +16,8 @@ Deviations from the paper and its code (juho-lee/set_transformer):
 - rFF is the package's two-layer row-wise MLP (`intermediate_size`, `hidden_act`); the code uses one ReLU layer.
 - PMA applies rFF to Z before pooling (the paper); the code omits it.
 - layer norms on by default (the paper's equations); `use_layer_norm=False` drops them (the code's default `ln=False`).
+- inducing points and seeds are drawn N(0, 1) with the layer norms (the scale of the normed set elements whose place
+  they take as queries), N(0, initializer_range) without; the code draws them Xavier-uniform.
 - sets of different sizes in one batch: a boolean keep-mask (batch, n) hides padding elements from every attention
   over the set (SAB keys, ISAB's inducing points, PMA's seeds); padding rows compute values nobody reads. The
   reference code has no masking.
