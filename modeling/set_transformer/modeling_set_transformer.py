@@ -494,9 +494,17 @@ class EfficientSetTransformerPreTrainedModel(EfficientPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, EfficientISAB):
-            init.normal_(module.inducing_points, std=self.config.initializer_range)
+            init.normal_(module.inducing_points, std=self.learned_query_std())
         elif isinstance(module, EfficientPMA):
-            init.normal_(module.seeds, std=self.config.initializer_range)
+            init.normal_(module.seeds, std=self.learned_query_std())
+
+    def learned_query_std(self) -> float:
+        """The init std of the inducing points and seeds. They stand in for set elements as queries (and ISAB's first
+        residual), so with the layer norms they start at the scale of a normed hidden state (1 per entry): drawn at
+        initializer_range, their queries would be ~1/initializer_range times smaller than the set's, the attention
+        over the set uniform (a mean) with a second-order gradient, and ISAB would not learn. Without the norms the
+        hidden states have no set scale: initializer_range."""
+        return 1.0 if self.config.use_layer_norm else self.config.initializer_range
 
 
 class EfficientSetTransformerModel(EfficientSetTransformerPreTrainedModel):
