@@ -84,13 +84,20 @@ def baseline(task: str, labels: torch.Tensor, batches) -> float:
 def run(task: str, encoder: str, args, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     prototypes = torch.randn(POOL, UNIQUE_FEATURES, generator=torch.Generator().manual_seed(args.seed))
-    model = build(task, encoder, args).to(device).train()
+    model = build(task, encoder, args)
+    with torch.no_grad():  # an init ablation: redraw the inducing points / seeds at another scale
+        for name, parameter in model.named_parameters():
+            std = args.inducing_std if name.endswith("inducing_points") else args.seeds_std if name.endswith(
+                "seeds") else None
+            if std is not None:
+                parameter.normal_(0.0, std)
+    model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     train = torch.Generator().manual_seed(args.seed + 1)
     held_out = torch.Generator().manual_seed(args.seed + 2)
     eval_batches = [tuple(t.to(device) for t in make_batch(task, args.batch, args.max_size, held_out, prototypes))
                     for _ in range(args.eval_batches)]
-    seen = []
+    seen, losses = [], []
     start = time.perf_counter()
     for _ in range(args.steps):
         features, mask, labels = (t.to(device) for t in make_batch(task, args.batch, args.max_size, train, prototypes))
@@ -99,11 +106,13 @@ def run(task: str, encoder: str, args, device: torch.device) -> dict:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        losses.append(loss.detach())
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return dict(task=task, encoder=encoder, params=sum(p.numel() for p in model.parameters()), steps=args.steps,
                 seconds=seconds, metric=evaluate(model, eval_batches, task),
+                last_train_loss=torch.stack(losses[-100:]).mean().item(),
                 baseline=baseline(task, torch.cat(seen), [[t.cpu() for t in b] for b in eval_batches]))
 
 
@@ -119,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inducing-std", type=float, default=None,
+                        help="redraw ISAB's inducing points N(0, this) (default: the model's init)")
+    parser.add_argument("--seeds-std", type=float, default=None,
+                        help="redraw PMA's seeds N(0, this) (default: the model's init)")
     parser.add_argument("--no-layer-norm", dest="layer_norm", action="store_false",
                         help="MABs without their layer norms (use_layer_norm=False, the authors' code's default)")
     args = parser.parse_args(argv)
@@ -131,15 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
     print(f"layer norms {'on' if args.layer_norm else 'off'}, hidden {args.hidden}, batch {args.batch}, sets of 2 to "
-          f"{args.max_size}, lr {args.lr}")
-    print("| task | encoder | parameters | steps | train s | metric | constant baseline |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.max_size}, lr {args.lr}, init std of inducing points / seeds: "
+          f"{args.inducing_std or 'default'} / {args.seeds_std or 'default'}")
+    print("| task | encoder | parameters | steps | train s | train loss (last 100) | metric | constant baseline |")
+    print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks:
         for encoder in ("isab", "sab"):
             row = run(task, encoder, args, device)
             name = "MAE (lower is better)" if task == "max" else "accuracy"
             print(f"| {task} | {encoder}{f' (m={args.inducing})' if encoder == 'isab' else ''} | {row['params']} "
-                  f"| {row['steps']} | {row['seconds']:.1f} | {name} {row['metric']:.4f} | {row['baseline']:.4f} |")
+                  f"| {row['steps']} | {row['seconds']:.1f} | {row['last_train_loss']:.4g} "
+                  f"| {name} {row['metric']:.4f} | {row['baseline']:.4f} |")
             sys.stdout.flush()
 
 
