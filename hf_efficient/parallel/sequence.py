@@ -234,7 +234,8 @@ def check_model(model) -> None:
     attention_class = model.base_model.attention_class
     if not getattr(attention_class, "supports_sequence_parallel", False):
         raise ValueError(f"{attention_class.__name__} has no split mode (it would attend within each rank's chunk "
-                         "only); sequence parallelism supports the sliding-window attention of efficient_longformer.")
+                         "only); sequence parallelism supports the sliding-window attention of efficient_longformer "
+                         "and the block-sparse attention of efficient_bigbird.")
     if model.config.is_causal:
         raise ValueError("Sequence parallelism supports encoders (is_causal=False); a causal model's next-token "
                          "labels cross the chunk boundaries. Train causal models on one device.")
@@ -246,9 +247,14 @@ def check_model(model) -> None:
 @contextlib.contextmanager
 def sequence_parallel(model, group=None):
     """Within the block, `model`'s attention layers run on chunks of one sequence split across `group` (default: the
-    whole world), exchanging only the window's halo and the global tokens. Feed it `shard_batch`'s chunks."""
+    whole world), exchanging only the window's halo and the global tokens (Longformer) or all-gathering the keys and
+    values (BigBird, see block_sparse_split.py). Feed it `shard_batch`'s chunks."""
+    from ..models.bigbird.modeling_bigbird import EfficientBigBirdAttention
+    from .block_sparse_split import BlockSparseSplit  # it builds on this module's pieces
+
     check_model(model)
-    split = SequenceSplit(group, *group_position(group))
+    block_sparse = issubclass(model.base_model.attention_class, EfficientBigBirdAttention)
+    split = (BlockSparseSplit if block_sparse else SequenceSplit)(group, *group_position(group))
     layers = [module for module in model.modules() if isinstance(module, EfficientAttention)]
     for layer in layers:
         layer.sequence_split = split
