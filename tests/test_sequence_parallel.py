@@ -5,6 +5,7 @@ boundaries (Longformer), or random blocks and global blocks reaching across them
 
 import pytest
 import torch
+from block_mask_emulation import kernel_keep
 from ranks import run_ranks
 
 from hf_efficient import (
@@ -17,6 +18,8 @@ from hf_efficient import (
     EfficientLongformerForSequenceClassification,
     EfficientLongformerModel,
 )
+from hf_efficient.attention.block_sparse import block_layout, block_table, flex_block_mask, random_table, token_keep
+from hf_efficient.attention.flex import bucket_keep, bucket_length, pad_length
 from hf_efficient.parallel import sequence_parallel, shard_batch, sum_gradients, whole_loss
 
 LENGTH = 48
@@ -182,6 +185,28 @@ def bigbird_split_matches_one_process(rank: int, group) -> None:
                 logits = model(**shard_batch(inputs, group), return_logits=True).logits
             model.config.attention_backend = "auto"
         torch.testing.assert_close(logits, expected_logits, **TOLERANCE, msg=lambda m: f"flex: {m}")
+
+
+@pytest.mark.parametrize("tile", [16, 64])  # whole tiles in each rank's rows; tiles cut by a rank's start
+def test_bigbird_split_block_masks_are_the_whole_pattern_rows(tile):
+    """The GPU kernels read a BlockMask's tile tables, which FlexAttention on CPU ignores: expanded as the kernels read
+    them (block_mask_emulation), each rank's mask (Q_LEN = its 32 tokens, KV_LEN = the whole bucket) keeps, on its
+    real rows, exactly the pairs of the whole sequence's pattern (padding, extra global tokens and a short row)."""
+    torch.manual_seed(0)
+    attention = EfficientBigBirdForMaskedLM(EfficientBigBirdConfig(**BIGBIRD)).model.layers[1].self_attn
+    config, batch = attention.config, bigbird_batch()
+    bucket = bucket_length(64)
+    keep = bucket_keep(batch["attention_mask"].bool(), 3, 64, bucket, torch.device("cpu"))
+    layout = block_layout(keep, pad_length(batch["global_attention_mask"].bool(), bucket, dim=1), 3, bucket,
+                          config.block_size, config.num_global_blocks, config.min_sparse_blocks, torch.device("cpu"))
+    random = random_table(layout, 2, 1, attention.random_blocks)
+    pattern = token_keep(layout, block_table(layout, random, 3)).repeat_interleave(2, dim=1)  # (3, 4, bucket, bucket)
+    for start in (0, 32):
+        table = block_table(layout, random, 3, slice(start // 4, (start + 32) // 4))
+        kept = kernel_keep(flex_block_mask(layout, table, 4, torch.device("cpu"), tile, start), heads=4)
+        real = keep[:, start:start + 32]
+        assert kept.shape == (3, 4, 32, bucket)
+        torch.testing.assert_close(kept.transpose(1, 2)[real], pattern[:, :, start:start + 32].transpose(1, 2)[real])
 
 
 def bigbird_refusals(group) -> None:
