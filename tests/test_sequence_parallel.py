@@ -257,7 +257,8 @@ def test_refusals(model, message):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_split_matches_one_gpu_on_two_gpus(tmp_path):
+@pytest.mark.parametrize("model", ["longformer", "bigbird"])
+def test_split_matches_one_gpu_on_two_gpus(tmp_path, model):
     """benchmarks/sequence_parallel.py's fp32 check (flex on CUDA, NCCL) on a tiny model, and its table."""
     import os
     import re
@@ -267,8 +268,8 @@ def test_split_matches_one_gpu_on_two_gpus(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(root / "benchmarks" / "sequence_parallel.py"), "--tiny", "--lengths", "1024", "2048",
-               "--check-length", "1024", "--repeats", "1", "--out", str(tmp_path)]
+               str(root / "benchmarks" / "sequence_parallel.py"), "--model", model, "--tiny", "--lengths", "1024",
+               "2048", "--check-length", "1024", "--repeats", "1", "--out", str(tmp_path)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
                          "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": str(root)})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
