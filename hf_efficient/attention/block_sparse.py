@@ -26,6 +26,9 @@ Three paths compute the same function:
   the partial tiles. The BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
   Time O(N (w + r + g) b d) up to tile rounding, memory O(N d) plus the (n, n) block table.
 
+The blocked and flex paths also take the queries of a range of whole blocks only, against the whole sequence's keys
+(`query_start`; `block_table`'s `rows`): a sequence split across ranks (hf_efficient/parallel/block_sparse_split.py).
+
 Deviations from the paper and from transformers' BigBird:
 * Random blocks are drawn uniformly among every block outside the window and the global blocks (transformers'
   training mode only draws among the first 2r + 5 blocks, its eval mode points every random slot at block 0).

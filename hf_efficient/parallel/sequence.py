@@ -1,5 +1,7 @@
-"""Sequence parallelism for the sliding-window attention (EfficientLongformer): one long sequence split across the
-ranks of a torch.distributed group, each rank holding a contiguous chunk of n = N / world tokens.
+"""Sequence parallelism for the sliding-window attention (EfficientLongformer) and, in block_sparse_split.py, for
+BigBird's block-sparse attention (EfficientBigBird: the whole sequence's keys and values all-gathered in every layer,
+as random and global blocks reach anywhere): one long sequence split across the ranks of a torch.distributed group,
+each rank holding a contiguous chunk of n = N / world tokens. Below, the sliding window's split.
 
 In every layer, with one-sided reach h = (attention_window / 2) * attention_dilation:
 
@@ -24,9 +26,11 @@ Every rank holds the same weights and the whole batch (token ids are small); onl
     whole_loss(loss, group)  # that mean, for logging
 
 Supported: EfficientLongformerModel and ...ForMaskedLM (encoders), padding, dilation, global tokens, the blocked and
-flex backends, dropout. Refused with a ValueError saying what to change: other variants and heads, causal models,
-`global_first_token`, output_attentions, cached decoding, the reference backend, a length that is not a multiple of
-the world size, a chunk shorter than a layer's reach or without a labelled token.
+flex backends, dropout; EfficientBigBirdModel and ...ForMaskedLM with right padding, extra global tokens, rows too
+short for the pattern, random-block redraws in training. Refused with a ValueError saying what to change: other
+variants and heads, causal models, `global_first_token`, output_attentions, cached decoding, the reference backend, a
+length that is not a multiple of the world size, a chunk shorter than a layer's reach (Longformer), not a multiple of
+block_size or left-padded (BigBird), or without a labelled token.
 """
 
 import contextlib
