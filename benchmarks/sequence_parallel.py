@@ -1,6 +1,7 @@
 """Sequence parallelism past one GPU's memory: a masked-LM train step of a base-size EfficientLongformer (hidden 768,
-12 layers, 12 heads, window 512, random weights, one global token) on one GPU against the same sequence split across
-the ranks of `torchrun` (hf_efficient.parallel).
+12 layers, 12 heads, window 512, random weights, one global token) or, with `--model bigbird`, EfficientBigBird
+(the same sizes, blocks of 64 tokens, 3 sliding + 3 random + 2 global blocks) on one GPU against the same sequence
+split across the ranks of `torchrun` (hf_efficient.parallel).
 
 1. check: at a small length in fp32, the split step's loss and summed gradients against one GPU's (max abs diff);
 2. one GPU (rank 0, the normal path, others wait): growing lengths until one runs out of memory;
@@ -14,6 +15,7 @@ The table (length, GPUs, ms/step, peak GiB per GPU, tokens/s) is printed last.
 
     torchrun --nproc_per_node 2 benchmarks/sequence_parallel.py --out $OUT          # 2 GPUs
     torchrun --nproc_per_node 2 benchmarks/sequence_parallel.py --device cpu --tiny  # CPU smoke test (gloo)
+    torchrun --nproc_per_node 2 benchmarks/sequence_parallel.py --model bigbird --out $OUT
     python benchmarks/sequence_parallel.py --report --out $OUT                       # the table of a stopped run
 """
 
@@ -29,35 +31,57 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hf_efficient import EfficientLongformerConfig, EfficientLongformerForMaskedLM  # noqa: E402
+from hf_efficient import (  # noqa: E402
+    EfficientBigBirdConfig,
+    EfficientBigBirdForMaskedLM,
+    EfficientLongformerConfig,
+    EfficientLongformerForMaskedLM,
+)
+from hf_efficient.models.bigbird.modeling_bigbird import _structural_flex_mask  # noqa: E402
 from hf_efficient.parallel import sequence_parallel, shard_batch, sum_gradients, whole_loss  # noqa: E402
+from hf_efficient.parallel.block_sparse_split import structural_split_mask  # noqa: E402
 
-BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522,
-            attention_window=512)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000,
-            attention_window=16)
-LENGTHS = [65536, 131072, 196608, 262144, 393216]
+SIZES = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522)
+TINY_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
+MODELS = {  # name: (config class, masked-LM class, base knobs, --tiny knobs, default lengths)
+    "longformer": (EfficientLongformerConfig, EfficientLongformerForMaskedLM, dict(attention_window=512),
+                   dict(attention_window=16), [65536, 131072, 196608, 262144, 393216]),
+    "bigbird": (EfficientBigBirdConfig, EfficientBigBirdForMaskedLM,
+                dict(block_size=64, num_sliding_blocks=3, num_random_blocks=3, num_global_blocks=2),
+                dict(block_size=16, num_sliding_blocks=3, num_random_blocks=1, num_global_blocks=2),
+                [65536, 131072, 196608, 262144, 393216]),
+}
 TINY_LENGTHS = [256, 512]
 MASKED_FRACTION = 0.15
 
 
-def make_model(sizes: dict, max_length: int, device: torch.device) -> EfficientLongformerForMaskedLM:
-    config = EfficientLongformerConfig(**sizes, max_position_embeddings=max_length, hidden_dropout_prob=0.0,
-                                       attention_probs_dropout_prob=0.0, use_pooler=False)
+def make_model(name: str, tiny: bool, max_length: int, device: torch.device):
+    config_class, model_class, base, small, _ = MODELS[name]
+    sizes = {**TINY_SIZES, **small} if tiny else {**SIZES, **base}
+    config = config_class(**sizes, max_position_embeddings=max_length, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0, use_pooler=False)
     torch.manual_seed(0)  # the same weights on every rank
     with device:
-        return EfficientLongformerForMaskedLM(config).train()
+        return model_class(config).train()
 
 
-def make_batch(length: int, vocab: int) -> dict[str, torch.Tensor]:
-    """One row: random ids, labels on a random 15% (at least one per 1/8 of the row), the first token global."""
+def make_batch(length: int, vocab: int, first_global: bool) -> dict[str, torch.Tensor]:
+    """One row: random ids, labels on a random 15% (at least one per 1/8 of the row), the first token global
+    (`first_global`: Longformer's; BigBird's global blocks are the row's first and last)."""
     generator = torch.Generator().manual_seed(length)
     ids = torch.randint(5, vocab, (1, length), generator=generator)
     labelled = torch.rand(1, length, generator=generator) < MASKED_FRACTION
     labelled[:, :: max(1, length // 8)] = True
-    is_global = torch.zeros_like(ids)
-    is_global[:, 0] = 1
-    return {"input_ids": ids, "labels": torch.where(labelled, ids, -100), "global_attention_mask": is_global}
+    batch = {"input_ids": ids, "labels": torch.where(labelled, ids, -100)}
+    if first_global:
+        is_global = torch.zeros_like(ids)
+        is_global[:, 0] = 1
+        batch["global_attention_mask"] = is_global
+    return batch
+
+
+def model_batch(model, length: int) -> dict[str, torch.Tensor]:
+    return make_batch(length, model.config.vocab_size, isinstance(model, EfficientLongformerForMaskedLM))
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -89,7 +113,7 @@ def synchronize(device: torch.device) -> None:
 
 def check(model, length: int, device: torch.device, rank: int) -> None:
     """fp32: the split step's loss and summed gradients against the one-process step on the whole sequence."""
-    batch = make_batch(length, model.config.vocab_size)
+    batch = model_batch(model, length)
     loss = step(model, batch, device, split=False, bf16=False)
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     split_loss = step(model, batch, device, split=True, bf16=False)
@@ -105,7 +129,7 @@ def check(model, length: int, device: torch.device, rank: int) -> None:
 
 def measure(model, optimizer, length: int, device: torch.device, split: bool, repeats: int) -> dict:
     """Warm-up then `repeats` timed train steps -> ms/step, this process's peak GiB."""
-    batch = make_batch(length, model.config.vocab_size)
+    batch = model_batch(model, length)
     step(model, batch, device, split)
     optimizer.step()
     synchronize(device)
@@ -123,6 +147,8 @@ def measure(model, optimizer, length: int, device: torch.device, split: bool, re
 
 def free(model) -> None:
     model.zero_grad(set_to_none=True)
+    _structural_flex_mask.cache_clear()  # BigBird's BlockMasks of the last length, one per layer
+    structural_split_mask.cache_clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -146,7 +172,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", help=f"ascending (default {LENGTHS}; --tiny {TINY_LENGTHS})")
+    parser.add_argument("--model", choices=sorted(MODELS), default="longformer")
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        help=f"ascending (default {MODELS['longformer'][-1]}; --tiny {TINY_LENGTHS})")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer hidden-64 model (smoke test)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -159,7 +187,7 @@ def main() -> None:
     if args.report:
         print(table(json.loads((args.out / "sequence_parallel.json").read_text())))
         return
-    lengths = sorted(args.lengths or (TINY_LENGTHS if args.tiny else LENGTHS))
+    lengths = sorted(args.lengths or (TINY_LENGTHS if args.tiny else MODELS[args.model][-1]))
     check_length = args.check_length if args.check_length is not None else (128 if args.tiny else 4096)
     if args.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -168,10 +196,11 @@ def main() -> None:
     device = torch.device(args.device, torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     if any(length % world for length in lengths):
         parser.error(f"every length must be a multiple of the {world} processes")
-    model = make_model(TINY if args.tiny else BASE, max(lengths), device)
+    model = make_model(args.model, args.tiny, max(lengths), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     if rank == 0:
-        print(f"torch {torch.__version__}, {world} processes on {args.device}, lengths {lengths}", flush=True)
+        print(f"torch {torch.__version__}, {args.model}, {world} processes on {args.device}, lengths {lengths}",
+              flush=True)
     rows: list[dict] = []
     if check_length:
         check(model, check_length, device, rank)

@@ -30,18 +30,18 @@ def tile_tables(mask) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def kernel_keep(mask, heads: int) -> torch.Tensor:
-    """(B, heads, N, N) bool: the pairs a block-sparse kernel keeps (full tiles whole, mask_mod inside partial tiles,
-    nothing elsewhere)."""
+    """(B, heads, Q_LEN, KV_LEN) bool: the pairs a block-sparse kernel keeps (full tiles whole, mask_mod inside
+    partial tiles, nothing elsewhere)."""
     partial, full = tile_tables(mask)
     batch = partial.shape[0]
-    length = mask.seq_lengths[0]
+    length, key_length = mask.seq_lengths
     q_tile, kv_tile = mask.BLOCK_SIZE
 
     def tokens(tiles: torch.Tensor) -> torch.Tensor:
         expanded = tiles.repeat_interleave(q_tile, dim=2).repeat_interleave(kv_tile, dim=3)
-        return expanded[:, :, :length, :length].expand(batch, heads, length, length)
+        return expanded[:, :, :length, :key_length].expand(batch, heads, length, key_length)
 
-    inside = create_mask(mask.mask_mod, batch, heads, length, length, device="cpu")
+    inside = create_mask(mask.mask_mod, batch, heads, length, key_length, device="cpu")
     return tokens(full) | (tokens(partial) & inside)
 
 

@@ -26,6 +26,9 @@ Three paths compute the same function:
   the partial tiles. The BlockMask is derived from the (n, n) block table, never from all N^2 token pairs.
   Time O(N (w + r + g) b d) up to tile rounding, memory O(N d) plus the (n, n) block table.
 
+The blocked and flex paths also take the queries of a range of whole blocks only, against the whole sequence's keys
+(`query_start`; `block_table`'s `rows`): a sequence split across ranks (hf_efficient/parallel/block_sparse_split.py).
+
 Deviations from the paper and from transformers' BigBird:
 * Random blocks are drawn uniformly among every block outside the window and the global blocks (transformers'
   training mode only draws among the first 2r + 5 blocks, its eval mode points every random slot at block 0).
@@ -168,19 +171,22 @@ def random_table(layout: BlockLayout, kv_heads: int, num_random: int,
     return table
 
 
-def block_table(layout: BlockLayout, random: torch.Tensor, num_sliding: int) -> torch.Tensor:
-    """(batch, kv_heads, blocks, blocks) bool: key block j is in query block i's set (every j on short rows)."""
+def block_table(layout: BlockLayout, random: torch.Tensor, num_sliding: int,
+                rows: slice = slice(None)) -> torch.Tensor:
+    """(batch, kv_heads, blocks, blocks) bool: key block j is in query block i's set (every j on short rows). `rows`:
+    only those query blocks' rows (a sequence split across ranks)."""
     batch, kv_heads = random.shape[:2]
     blocks = torch.arange(layout.num_blocks, device=random.device)
-    window = (blocks[:, None] - blocks[None, :]).abs() <= num_sliding // 2
+    window = (blocks[rows, None] - blocks[None, :]).abs() <= num_sliding // 2
     is_global = layout.global_block
-    table = window[None, None] | is_global[:, None, :, None] | is_global[:, None, None, :]
+    table = window[None, None] | is_global[:, None, rows, None] | is_global[:, None, None, :]
     table = table | layout.short[:, None, None, None]
     if random.shape[-1]:
-        chosen = torch.zeros(batch, kv_heads, layout.num_blocks, layout.num_blocks, dtype=torch.bool,
+        random = random[:, :, rows]
+        chosen = torch.zeros(batch, kv_heads, random.shape[2], layout.num_blocks, dtype=torch.bool,
                              device=random.device).scatter(-1, random, True)
-        table = table | (chosen & layout.sparse_query[:, None, :, None])
-    return table.expand(batch, kv_heads, layout.num_blocks, layout.num_blocks)
+        table = table | (chosen & layout.sparse_query[:, None, rows, None])
+    return table.expand(batch, kv_heads, window.shape[0], layout.num_blocks)
 
 
 def token_keep(layout: BlockLayout, table: torch.Tensor) -> torch.Tensor:
@@ -210,59 +216,67 @@ def block_sparse_reference(
 
 def block_sparse_blocked(
     attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    layout: BlockLayout, random: torch.Tensor, num_sliding: int,
+    layout: BlockLayout, random: torch.Tensor, num_sliding: int, query_start: int = 0,
 ) -> torch.Tensor:
     """Gathered key blocks per query block, then the full rows apart. q (batch, heads, N, d), k/v (batch, kv_heads,
-    N, d), random (batch, kv_heads, blocks, r) -> (batch, N, heads, d)."""
-    batch, heads, length, dim = query.shape
+    N, d), random (batch, kv_heads, blocks, r) -> (batch, N, heads, d).
+
+    With `query_start` (a multiple of b), q holds the n queries from there on only (a sequence split across ranks:
+    n a multiple of b, k/v still the whole sequence's) and the result is theirs, (batch, n, heads, d)."""
+    batch, heads, q_length, dim = query.shape
+    length = key.shape[2]
     kv_heads, size, blocks = key.shape[1], layout.block_size, layout.num_blocks
     padded = blocks * size
     device = query.device
-    query, key, value = (F.pad(x, (0, 0, 0, padded - length)) for x in (query, key, value))
+    first, q_blocks = query_start // size, -(-q_length // size)
+    query = F.pad(query, (0, 0, 0, q_blocks * size - q_length))
+    key, value = (F.pad(x, (0, 0, 0, padded - length)) for x in (key, value))
+    rows = slice(first, first + q_blocks)  # this call's query blocks
 
     # key block slots of each query block: window (w) | random (r) | global (g), and which slots are in its set
     half = num_sliding // 2
-    block_ids = torch.arange(blocks, device=device)
+    block_ids = torch.arange(first, first + q_blocks, device=device)
     window = block_ids[:, None] + torch.arange(-half, half + 1, device=device)[None, :]  # (blocks, w)
     window_ok = (window >= 0) & (window < layout.row_blocks[:, None, None])  # (batch, blocks, w)
     window = window.clamp(0, blocks - 1)
     window_ok = window_ok & ~layout.global_block[:, window]  # global blocks come once, through their own slots
     num_global = layout.global_index.shape[1]
-    shape = (batch, kv_heads, blocks)
+    shape = (batch, kv_heads, q_blocks)
     index = torch.cat([
-        window.expand(*shape, num_sliding), random, layout.global_index[:, None, None, :].expand(*shape, num_global)
-    ], dim=-1)  # (batch, kv_heads, blocks, K), K = w + r + g
+        window.expand(*shape, num_sliding), random[:, :, rows],
+        layout.global_index[:, None, None, :].expand(*shape, num_global),
+    ], dim=-1)  # (batch, kv_heads, query blocks, K), K = w + r + g
     slot_ok = torch.cat([
         window_ok[:, None].expand(*shape, num_sliding),
-        layout.sparse_query[:, None, :, None].expand(*shape, random.shape[-1]),
+        layout.sparse_query[:, None, rows, None].expand(*shape, random.shape[-1]),
         (~layout.short)[:, None, None, None].expand(*shape, num_global),
     ], dim=-1)
     slots = index.shape[-1]
-    flat = index.reshape(batch, kv_heads, blocks * slots)
+    flat = index.reshape(batch, kv_heads, q_blocks * slots)
 
     def gather_blocks(x: torch.Tensor) -> torch.Tensor:
-        # (batch, kv_heads, blocks * b, d) -> (batch, kv_heads, blocks, K * b, d)
+        # (batch, kv_heads, blocks * b, d) -> (batch, kv_heads, query blocks, K * b, d)
         blocked = x.view(batch, kv_heads, blocks, size, dim)
-        picked = blocked.gather(2, flat[..., None, None].expand(batch, kv_heads, blocks * slots, size, dim))
-        return picked.view(batch, kv_heads, blocks, slots * size, dim)
+        picked = blocked.gather(2, flat[..., None, None].expand(batch, kv_heads, q_blocks * slots, size, dim))
+        return picked.view(batch, kv_heads, q_blocks, slots * size, dim)
 
     keys, values = gather_blocks(key), gather_blocks(value)
     key_ok = layout.key_real
     if layout.extra_global is not None:  # extra global keys enter once, through their own columns below
         key_ok = key_ok & ~F.pad(layout.extra_global, (0, padded - length))
     key_ok = key_ok.view(batch, 1, blocks, size).expand(batch, kv_heads, blocks, size)
-    key_ok = key_ok.gather(2, flat[..., None].expand(batch, kv_heads, blocks * slots, size))
+    key_ok = key_ok.gather(2, flat[..., None].expand(batch, kv_heads, q_blocks * slots, size))
     key_ok = (key_ok.view(*shape, slots, size) & slot_ok[..., None]).view(*shape, 1, slots * size)
     sub = torch.arange(size, device=device)
     own = torch.arange(slots * size, device=device)[None, :] == (half * size + sub)[:, None]  # (b, K * b)
-    mask = key_ok | own  # (batch, kv_heads, blocks, b, K * b): the query's own key is always kept
+    mask = key_ok | own  # (batch, kv_heads, query blocks, b, K * b): the query's own key is always kept
 
     if layout.extra_global is not None:
         extra_index, extra_valid = global_slots(layout.extra_global)  # (batch, G)
         count = extra_index.shape[1]
 
         def per_block(x: torch.Tensor) -> torch.Tensor:
-            # (batch, kv_heads, G, d) -> (batch, kv_heads, blocks, G, d)
+            # (batch, kv_heads, G, d) -> (batch, kv_heads, query blocks, G, d)
             return x[:, :, None].expand(*shape, count, dim)
 
         keys = torch.cat([keys, per_block(gather_positions(key, extra_index))], dim=3)
@@ -272,28 +286,35 @@ def block_sparse_blocked(
     total = keys.shape[3]
     groups = heads // kv_heads
     if groups > 1:  # the key set is per key/value head: every query head of a group shares it
-        mask = mask[:, :, None].expand(batch, kv_heads, groups, blocks, size, total)
-        mask = mask.reshape(batch, heads, blocks, size, total)
-    # (batch, h, blocks, ...) -> (batch * blocks, h, ...): one attention call over every query block
-    query_blocks = query.view(batch, heads, blocks, size, dim).transpose(1, 2)
-    query_blocks = query_blocks.reshape(batch * blocks, heads, size, dim)
-    keys = keys.transpose(1, 2).reshape(batch * blocks, kv_heads, total, dim)
-    values = values.transpose(1, 2).reshape(batch * blocks, kv_heads, total, dim)
-    mask = mask.transpose(1, 2).reshape(batch * blocks, mask.shape[1], size, total)
-    attended, _ = attention.attend(query_blocks, keys, values, mask)  # (batch * blocks, b, heads, d)
-    attended = attended.reshape(batch, padded, heads, dim)
+        mask = mask[:, :, None].expand(batch, kv_heads, groups, q_blocks, size, total)
+        mask = mask.reshape(batch, heads, q_blocks, size, total)
+    # (batch, h, query blocks, ...) -> (batch * query blocks, h, ...): one attention call over every query block
+    query_blocks = query.view(batch, heads, q_blocks, size, dim).transpose(1, 2)
+    query_blocks = query_blocks.reshape(batch * q_blocks, heads, size, dim)
+    keys = keys.transpose(1, 2).reshape(batch * q_blocks, kv_heads, total, dim)
+    values = values.transpose(1, 2).reshape(batch * q_blocks, kv_heads, total, dim)
+    mask = mask.transpose(1, 2).reshape(batch * q_blocks, mask.shape[1], size, total)
+    attended, _ = attention.attend(query_blocks, keys, values, mask)  # (batch * query blocks, b, heads, d)
+    attended = attended.reshape(batch, q_blocks * size, heads, dim)
 
-    if layout.full_index.shape[1]:
-        rows = full_rows(attention, query, key, value, layout.key_real, layout.full_index)
-        attended = scatter_global_rows(attended, rows, layout.full_index, layout.full_valid)
-    return attended[:, :length]
+    full_index, full_valid = layout.full_index, layout.full_valid
+    if q_blocks != blocks:  # this call's own full rows, at their offsets in q
+        marked = torch.zeros(batch, padded + 1, dtype=torch.bool, device=device)
+        marked = marked.scatter(1, torch.where(full_valid, full_index, padded), True)
+        full_index, full_valid = global_slots(marked[:, query_start:query_start + q_blocks * size])
+    if full_index.shape[1]:
+        rows = full_rows(attention, query, key, value, layout.key_real, full_index, query_start)
+        attended = scatter_global_rows(attended, rows, full_index, full_valid)
+    return attended[:, :q_length]
 
 
 def full_rows(attention: EfficientAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              key_real: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The queries at `index` (batch, F) against every real key: (batch, F, heads, d)."""
+              key_real: torch.Tensor, index: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+    """The queries at `index` (batch, F) against every real key: (batch, F, heads, d). q holds the queries from
+    position `query_start` on (k/v all of them)."""
     positions = torch.arange(key.shape[2], device=key.device)
-    mask = key_real[:, None, None, :] | (positions == index[:, None, :, None])  # (batch, 1, F, keys)
+    own = positions == (index + query_start)[:, None, :, None]
+    mask = key_real[:, None, None, :] | own  # (batch, 1, F, keys)
     attended, _ = attention.attend(gather_positions(query, index), key, value, mask)
     return attended
 
@@ -309,9 +330,13 @@ def flex_tile(block_size: int, query: torch.Tensor) -> int:
 
 
 def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, device: torch.device,
-                    tile: int = FLEX_TILE):
+                    tile: int = FLEX_TILE, query_start: int = 0):
     """The token-level pattern of `token_keep` as a FlexAttention BlockMask of tile x tile tiles, per row and per
     query head (rows of padding queries are not computed).
+
+    With `query_start` (a multiple of b) and a table of some query blocks' rows only (`block_table`'s `rows`): the
+    BlockMask of those queries (Q_LEN = their rows' tokens) against every key (KV_LEN = N), for a sequence split
+    across ranks.
 
     The BlockMask is built from the block table itself (`tile_table`), O(batch h (N/b)^2 N/128) work, instead of
     evaluating mask_mod on every (query, key) pair (create_block_mask: O(batch h N^2) per layer and forward, which
@@ -323,40 +348,52 @@ def flex_block_mask(layout: BlockLayout, table: torch.Tensor, num_heads: int, de
     extra = layout.extra_global
     extra = torch.zeros_like(real[:, :layout.length]) if extra is None else extra.bool().contiguous()
     size = layout.block_size
+    query_length = table.shape[2] * size if query_start or table.shape[2] != layout.num_blocks else layout.length
 
     def mask_mod(b, h, q_idx, kv_idx):
-        allowed = table[b, h // groups, q_idx // size, kv_idx // size] | extra[b, q_idx] | extra[b, kv_idx]
-        return (allowed & real[b, kv_idx]) | (q_idx == kv_idx)
+        position = q_idx + query_start
+        allowed = table[b, h // groups, q_idx // size, kv_idx // size] | extra[b, position] | extra[b, kv_idx]
+        return (allowed & real[b, kv_idx]) | (position == kv_idx)
 
-    partial, full = tile_table(layout, table, tile)
+    partial, full = tile_table(layout, table, tile, query_start, query_length)
     partial, full = partial.repeat_interleave(groups, dim=1), full.repeat_interleave(groups, dim=1)
-    return tile_block_mask(partial, full, mask_mod, layout.length, tile)
+    return tile_block_mask(partial, full, mask_mod, query_length, tile, layout.length)
 
 
-def tile_table(layout: BlockLayout, table: torch.Tensor, tile: int = FLEX_TILE) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_table(layout: BlockLayout, table: torch.Tensor, tile: int = FLEX_TILE, query_start: int = 0,
+               query_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial, full): (batch, kv_heads, T, T) bool over the BlockMask's tile x tile tiles, T = ceil(N / tile). A
     tile is full when every pair in it is kept (all its block pairs in the table, all its keys real, inside N);
     partial when some pair may be kept (a block pair, an extra global token's row or column, the diagonal) but not
     all. Query tiles without a real token are neither: their rows are never computed. With O the (T, blocks) 0/1
-    overlap of tiles and blocks, O table O^T counts the kept block pairs of each tile."""
+    overlap of tiles and blocks, O table O^T counts the kept block pairs of each tile. With `query_start` and
+    `query_length` (a split sequence, see `flex_block_mask`): the query tiles of those queries only, T_q of them."""
     length, tile_count = layout.length, -(-layout.length // tile)
+    query_length = length if query_length is None else query_length
+    query_tiles = -(-query_length // tile)
     device = table.device
     tokens = torch.arange(length, device=device)
     overlap = torch.zeros(tile_count, layout.num_blocks, device=device)
     overlap[tokens // tile, tokens // layout.block_size] = 1.0
-    kept_pairs = overlap @ table.float() @ overlap.T  # exact: small integer counts in fp32
-    pair_count = overlap.sum(1)
+    queries = torch.arange(query_length, device=device)  # offsets from query_start, a multiple of b
+    query_overlap = torch.zeros(query_tiles, table.shape[2], device=device)
+    query_overlap[queries // tile, queries // layout.block_size] = 1.0
+    kept_pairs = query_overlap @ table.float() @ overlap.T  # exact: small integer counts in fp32
     any_kept = kept_pairs > 0
-    all_kept = kept_pairs == pair_count[:, None] * pair_count[None, :]
-    any_real, all_real = token_tiles(layout.key_real[:, :length], tile)  # past N: neither
-    whole = torch.ones(tile_count, dtype=torch.bool, device=device)
-    whole[-1] = length % tile == 0
-    rows = any_real[:, None, :, None]
+    all_kept = kept_pairs == query_overlap.sum(1)[:, None] * overlap.sum(1)[None, :]
+    all_real = token_tiles(layout.key_real[:, :length], tile)[1]  # past N: not all real
+    real_query = token_tiles(layout.key_real[:, query_start:query_start + query_length], tile)[0]
+    whole = torch.ones(query_tiles, dtype=torch.bool, device=device)
+    whole[-1] = query_length % tile == 0
+    rows = real_query[:, None, :, None]
     full = all_kept & all_real[:, None, None, :] & whole[None, None, :, None] & rows
-    any_kept = any_kept | torch.eye(tile_count, dtype=torch.bool, device=device)
+    diagonal = torch.zeros(query_tiles, tile_count, dtype=torch.bool, device=device)
+    diagonal[queries // tile, (queries + query_start) // tile] = True  # the identity without an offset
+    any_kept = any_kept | diagonal
     if layout.extra_global is not None:
         extra = token_tiles(layout.extra_global, tile)[0]
-        any_kept = any_kept | extra[:, None, :, None] | extra[:, None, None, :]
+        extra_query = token_tiles(layout.extra_global[:, query_start:query_start + query_length], tile)[0]
+        any_kept = any_kept | extra_query[:, None, :, None] | extra[:, None, None, :]
     return any_kept & rows & ~full, full
 
 

@@ -1,5 +1,7 @@
-"""Sequence parallelism for the sliding-window attention (EfficientLongformer): one long sequence split across the
-ranks of a torch.distributed group, each rank holding a contiguous chunk of n = N / world tokens.
+"""Sequence parallelism for the sliding-window attention (EfficientLongformer) and, in block_sparse_split.py, for
+BigBird's block-sparse attention (EfficientBigBird: the whole sequence's keys and values all-gathered in every layer,
+as random and global blocks reach anywhere): one long sequence split across the ranks of a torch.distributed group,
+each rank holding a contiguous chunk of n = N / world tokens. Below, the sliding window's split.
 
 In every layer, with one-sided reach h = (attention_window / 2) * attention_dilation:
 
@@ -24,9 +26,11 @@ Every rank holds the same weights and the whole batch (token ids are small); onl
     whole_loss(loss, group)  # that mean, for logging
 
 Supported: EfficientLongformerModel and ...ForMaskedLM (encoders), padding, dilation, global tokens, the blocked and
-flex backends, dropout. Refused with a ValueError saying what to change: other variants and heads, causal models,
-`global_first_token`, output_attentions, cached decoding, the reference backend, a length that is not a multiple of
-the world size, a chunk shorter than a layer's reach or without a labelled token.
+flex backends, dropout; EfficientBigBirdModel and ...ForMaskedLM with right padding, extra global tokens, rows too
+short for the pattern, random-block redraws in training. Refused with a ValueError saying what to change: other
+variants and heads, causal models, `global_first_token`, output_attentions, cached decoding, the reference backend, a
+length that is not a multiple of the world size, a chunk shorter than a layer's reach (Longformer), not a multiple of
+block_size or left-padded (BigBird), or without a labelled token.
 """
 
 import contextlib
@@ -234,7 +238,8 @@ def check_model(model) -> None:
     attention_class = model.base_model.attention_class
     if not getattr(attention_class, "supports_sequence_parallel", False):
         raise ValueError(f"{attention_class.__name__} has no split mode (it would attend within each rank's chunk "
-                         "only); sequence parallelism supports the sliding-window attention of efficient_longformer.")
+                         "only); sequence parallelism supports the sliding-window attention of efficient_longformer "
+                         "and the block-sparse attention of efficient_bigbird.")
     if model.config.is_causal:
         raise ValueError("Sequence parallelism supports encoders (is_causal=False); a causal model's next-token "
                          "labels cross the chunk boundaries. Train causal models on one device.")
@@ -246,9 +251,14 @@ def check_model(model) -> None:
 @contextlib.contextmanager
 def sequence_parallel(model, group=None):
     """Within the block, `model`'s attention layers run on chunks of one sequence split across `group` (default: the
-    whole world), exchanging only the window's halo and the global tokens. Feed it `shard_batch`'s chunks."""
+    whole world), exchanging only the window's halo and the global tokens (Longformer) or all-gathering the keys and
+    values (BigBird, see block_sparse_split.py). Feed it `shard_batch`'s chunks."""
+    from ..models.bigbird.modeling_bigbird import EfficientBigBirdAttention
+    from .block_sparse_split import BlockSparseSplit  # it builds on this module's pieces
+
     check_model(model)
-    split = SequenceSplit(group, *group_position(group))
+    block_sparse = issubclass(model.base_model.attention_class, EfficientBigBirdAttention)
+    split = (BlockSparseSplit if block_sparse else SequenceSplit)(group, *group_position(group))
     layers = [module for module in model.modules() if isinstance(module, EfficientAttention)]
     for layer in layers:
         layer.sequence_split = split

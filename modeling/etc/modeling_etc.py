@@ -135,14 +135,16 @@ def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.contiguous(), indices.contiguous()
 
 
-def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
+def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE,
+                    key_length: int | None = None):
     """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
-    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
+    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped. `key_length`:
+    KV_LEN when it differs from Q_LEN = `length` (the tables then (..., T_q, T_kv))."""
     from torch.nn.attention.flex_attention import BlockMask
 
     partial = partial & ~full
     return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
-                                    mask_mod=mask_mod, seq_lengths=(length, length))
+                                    mask_mod=mask_mod, seq_lengths=(length, key_length or length))
 
 
 # Forward kernel tiles measured faster than torch's own choice (benchmarks/flex_probe.py --sweep, results in

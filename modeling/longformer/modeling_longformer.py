@@ -143,14 +143,16 @@ def ordered_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.contiguous(), indices.contiguous()
 
 
-def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE):
+def tile_block_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, length: int, tile: int = FLEX_TILE,
+                    key_length: int | None = None):
     """The BlockMask of (batch or 1, heads or 1, T, T) bool tile tables: mask_mod decides inside the partial tiles,
-    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped."""
+    full tiles keep every pair (they must: the kernel skips mask_mod there), the others are skipped. `key_length`:
+    KV_LEN when it differs from Q_LEN = `length` (the tables then (..., T_q, T_kv))."""
     from torch.nn.attention.flex_attention import BlockMask
 
     partial = partial & ~full
     return BlockMask.from_kv_blocks(*ordered_tiles(partial), *ordered_tiles(full), BLOCK_SIZE=tile,
-                                    mask_mod=mask_mod, seq_lengths=(length, length))
+                                    mask_mod=mask_mod, seq_lengths=(length, key_length or length))
 
 
 # Forward kernel tiles measured faster than torch's own choice (benchmarks/flex_probe.py --sweep, results in
@@ -177,13 +179,15 @@ def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mas
     """softmax(q k^T * scaling) v over the BlockMask's pattern. q (batch, heads, N, d) -> (batch, N, heads, d).
 
     The mask may be longer than N (a shape bucket) when it drops every key past N: q/k/v are then padded to its
-    length and the output cut back to N."""
+    lengths (Q_LEN for q, KV_LEN for k/v) and the output cut back to N."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    length, padded = query.shape[2], mask.seq_lengths[0]
-    if padded < length:
-        raise ValueError(f"The BlockMask covers {padded} tokens but the input has {length}.")
-    query, key, value = (pad_length(x, padded) for x in (query, key, value))
+    length, (padded, key_padded) = query.shape[2], mask.seq_lengths
+    if padded < length or key_padded < key.shape[2]:
+        raise ValueError(f"The BlockMask covers {padded} queries and {key_padded} keys but the input has {length} "
+                         f"and {key.shape[2]}.")
+    query = pad_length(query, padded)
+    key, value = pad_length(key, key_padded), pad_length(value, key_padded)
     gqa = query.shape[1] != key.shape[1]
     if not compiled:
         out = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)

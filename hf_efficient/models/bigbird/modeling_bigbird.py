@@ -51,6 +51,8 @@ class EfficientBigBirdAttention(EfficientAttention):
 
     supports_causal = False
     supports_global_attention = True
+    supports_sequence_parallel = True
+    sequence_split = None  # a sequence split across ranks: set by hf_efficient.parallel.sequence_parallel
 
     def random_blocks(self, num_blocks: int, draw: int | None = None) -> torch.Tensor:
         """(kv_heads, num_blocks, r) long: this layer's random key blocks for a row of `num_blocks` blocks (rows of
@@ -118,6 +120,9 @@ class EfficientBigBirdAttention(EfficientAttention):
         if past_key_values is not None:
             raise ValueError("EfficientBigBird is an encoder and has no KV cache; call without past_key_values.")
         shared_state = {} if shared_state is None else shared_state
+        if self.sequence_split is not None:
+            return self.sequence_split(self, hidden_states, attention_mask, position_embeddings, past_key_values,
+                                       global_attention_mask, output_attentions, shared_state)
         config = self.config
         query, key, value = self.project(hidden_states, position_embeddings)
         batch, length = hidden_states.shape[:2]
