@@ -52,17 +52,15 @@ def whole_batch(global_positions: list[tuple[int, int]]) -> dict[str, torch.Tens
             "global_attention_mask": is_global}
 
 
-def split_matches_one_process(rank: int, world: int, overrides: dict, global_positions: list, group=None) -> None:
-    model = masked_lm(**overrides).train()
-    batch = whole_batch(global_positions)
+def train_step_matches_one_process(model, batch: dict, own: slice, group):
+    """One process's train step on the whole batch, then the split one: this rank's logits (positions `own`), the
+    whole loss and the rank-summed gradients (every used parameter's non-zero) equal one process's. Returns the whole
+    pass's output."""
     whole = model(**batch, return_logits=True)
     whole.loss.backward()
     expected = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
-                if parameter.grad is not None}  # all but the unused pooler's
+                if parameter.grad is not None}  # all but an unused pooler's
     model.zero_grad()
-
-    size = LENGTH // world
-    own = slice(rank * size, (rank + 1) * size)
     with sequence_parallel(model, group):
         split = model(**shard_batch(batch, group), return_logits=True)
         split.loss.backward()
@@ -74,6 +72,15 @@ def split_matches_one_process(rank: int, world: int, overrides: dict, global_pos
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, expected[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+    return whole
+
+
+def split_matches_one_process(rank: int, world: int, overrides: dict, global_positions: list, group=None) -> None:
+    model = masked_lm(**overrides).train()
+    batch = whole_batch(global_positions)
+    size = LENGTH // world
+    own = slice(rank * size, (rank + 1) * size)
+    train_step_matches_one_process(model, batch, own, group)
 
     model.eval()
     no_global = {name: value for name, value in batch.items() if name != "global_attention_mask"}
@@ -144,22 +151,8 @@ def bigbird_split_matches_one_process(rank: int, group) -> None:
     rank_of_query = (torch.arange(1, 15) >= 8)[None, :, None]
     assert ((random >= 8) != rank_of_query).any(), "some random key blocks lie on the other rank"
     batch = bigbird_batch()
-    whole = model(**batch, return_logits=True)
-    whole.loss.backward()
-    expected = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
-                if parameter.grad is not None}
-    model.zero_grad()
     own = slice(rank * 32, (rank + 1) * 32)
-    with sequence_parallel(model, group):
-        split = model(**shard_batch(batch, group), return_logits=True)
-        split.loss.backward()
-    sum_gradients(model, group)
-    torch.testing.assert_close(split.logits, whole.logits[:, own], **TOLERANCE)
-    torch.testing.assert_close(whole_loss(split.loss, group), whole.loss, **TOLERANCE)
-    grads = {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
-    assert grads.keys() == expected.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+    whole = train_step_matches_one_process(model, batch, own, group)
     model.zero_grad()
 
     with torch.no_grad():  # a redraw per training forward: rank 0's seed on both ranks, whatever rank 1's generator

@@ -37,7 +37,7 @@ from ..attention.block_sparse import (
 from ..attention.flex import bucket_keep, bucket_length, pad_length
 from ..core.distributed import shared_seed
 from ..core.masks import refuse_left_padding
-from .sequence import gathered_masks
+from .sequence import gathered_masks, split_backend
 
 
 class GatherSequence(torch.autograd.Function):
@@ -74,12 +74,7 @@ class BlockSparseSplit:
 
     def __call__(self, attention, hidden_states, attention_mask, position_embeddings, past_key_values,
                  global_attention_mask, output_attentions, shared_state):
-        if output_attentions:
-            raise ValueError("output_attentions is not available under sequence parallelism (no rank holds a whole "
-                             "row of weights); call without it.")
-        backend = attention.backend(hidden_states, False)
-        if backend not in ("blocked", "flex"):
-            raise ValueError(f"attention_backend={backend!r} has no split mode; use 'auto', 'blocked' or 'flex'.")
+        backend = split_backend(attention, hidden_states, output_attentions, past_key_values)
         config = attention.config
         size = config.block_size
         batch, length = hidden_states.shape[:2]

@@ -126,6 +126,19 @@ def gathered_masks(keep: torch.Tensor | None, is_global: torch.Tensor | None, ba
     return keep, (is_global if bool(is_global.any()) else None)
 
 
+def split_backend(attention, hidden_states: torch.Tensor, output_attentions: bool, past_key_values) -> str:
+    """The layer's path under the split mode ("blocked" or "flex"); a ValueError for what no split mode does."""
+    if output_attentions:
+        raise ValueError("output_attentions is not available under sequence parallelism (no rank holds a whole "
+                         "row of weights); call without it.")
+    if past_key_values is not None:
+        raise ValueError("Cached decoding is not available under sequence parallelism; call with use_cache=False.")
+    backend = attention.backend(hidden_states, False)
+    if backend not in ("blocked", "flex"):
+        raise ValueError(f"attention_backend={backend!r} has no split mode; use 'auto', 'blocked' or 'flex'.")
+    return backend
+
+
 @dataclass
 class SequenceSplit:
     """The forward of a sliding-window attention layer on this rank's chunk (installed by `sequence_parallel`)."""
@@ -136,14 +149,7 @@ class SequenceSplit:
 
     def __call__(self, attention, hidden_states, attention_mask, position_embeddings, past_key_values,
                  global_attention_mask, output_attentions, shared_state):
-        if output_attentions:
-            raise ValueError("output_attentions is not available under sequence parallelism (no rank holds a whole "
-                             "row of weights); call without it.")
-        if past_key_values is not None:
-            raise ValueError("Cached decoding is not available under sequence parallelism; call with use_cache=False.")
-        backend = attention.backend(hidden_states, False)
-        if backend not in ("blocked", "flex"):
-            raise ValueError(f"attention_backend={backend!r} has no split mode; use 'auto', 'blocked' or 'flex'.")
+        backend = split_backend(attention, hidden_states, output_attentions, past_key_values)
         batch, length = hidden_states.shape[:2]
         one_sided, dilation = attention.one_sided, attention.dilation
         reach = one_sided * dilation
