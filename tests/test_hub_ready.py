@@ -62,6 +62,7 @@ BUNDLE_LOAD_SCRIPT = textwrap.dedent('''
         return f"{cls.__module__}:{cls.__name__}"
 
     device = spec["device"]
+    torch.set_num_threads(spec["threads"])  # the test process's: the same kernels' summation order, the same floats
     inputs, outputs = {name: tensor.to(device) for name, tensor in load_file(spec["inputs"]).items()}, {}
     with torch.no_grad():
         for key, folder, auto_name, options in spec["cases"]:
@@ -161,7 +162,8 @@ def run_fresh(root: Path, name: str, cases: list, resave: tuple[str, Path] = (""
     options = options or {}
     spec = {"site_packages": site_packages(), "inputs": str(work / "inputs.safetensors"),
             "cases": [[key, str(folder), auto_name, options.get(key, {})] for key, folder, auto_name, _ in cases],
-            "fields": OUTPUT_FIELDS, "resave": [resave[0], str(resave[1])], "out": str(work / "out"), "device": device}
+            "fields": OUTPUT_FIELDS, "resave": [resave[0], str(resave[1])], "out": str(work / "out"), "device": device,
+            "threads": torch.get_num_threads()}
     (work / "spec.json").write_text(json.dumps(spec))
     (work / "load.py").write_text(BUNDLE_LOAD_SCRIPT)
     env = {**os.environ, "HF_MODULES_CACHE": str(work / "modules"), "HF_HUB_OFFLINE": "1"}
