@@ -39,7 +39,6 @@ from hf_efficient import (  # noqa: E402
 )
 from hf_efficient.models.bigbird.modeling_bigbird import _structural_flex_mask  # noqa: E402
 from hf_efficient.parallel import sequence_parallel, shard_batch, sum_gradients, whole_loss  # noqa: E402
-from hf_efficient.parallel.block_sparse_split import structural_split_mask  # noqa: E402
 
 SIZES = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522)
 TINY_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
@@ -148,7 +147,6 @@ def measure(model, optimizer, length: int, device: torch.device, split: bool, re
 def free(model) -> None:
     model.zero_grad(set_to_none=True)
     _structural_flex_mask.cache_clear()  # BigBird's BlockMasks of the last length, one per layer
-    structural_split_mask.cache_clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -18,7 +18,6 @@ are held for the backward on every rank (one process holds them too; the queries
 1 / world of its), so the split pays off where the activations of the rest of the layer dominate, as at base size.
 """
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,6 @@ from ..attention.block_sparse import (
     flex_block_mask,
     flex_tile,
     random_table,
-    seeded_random_blocks,
 )
 from ..attention.flex import bucket_keep, bucket_length, pad_length
 from ..core.distributed import shared_seed
@@ -103,10 +101,7 @@ class BlockSparseSplit:
             bucket, device, kv_heads = bucket_length(total), query.device, attention.num_key_value_heads
             tile = flex_tile(size, query)
             if padded is None and is_global is None and draw is None:  # a function of the shapes: built once
-                pattern = (config.seed, size, config.num_sliding_blocks, config.num_random_blocks,
-                           config.num_global_blocks, config.min_sparse_blocks)
-                mask = structural_split_mask(attention.layer_idx, batch, total, str(device), attention.num_heads,
-                                             kv_heads, pattern, tile, start, length)
+                mask = attention.structural_flex_mask(batch, total, device, tile, start, length)
             else:
                 if "bigbird_split_flex_layout" not in shared_state:
                     extra = None if is_global is None else pad_length(is_global, bucket, dim=1)
@@ -131,21 +126,3 @@ class BlockSparseSplit:
                                             config.num_sliding_blocks, start)
         attended = attended * keep[:, start:start + length, None, None]  # padding rows are zero
         return attention.merge_heads(attended), None
-
-
-@functools.lru_cache(maxsize=64)
-def structural_split_mask(layer: int, batch: int, total: int, device: str, heads: int, kv_heads: int,
-                          pattern: tuple[int, ...], tile: int, start: int, length: int):
-    """The flex BlockMask of one rank's queries [start, start + length) of an unpadded sequence of `total` tokens
-    without extra global tokens, with the seeded random blocks of `pattern` (seed, b, w, r, g, the fewest blocks of
-    a sparse row): built once per process and shape (rebuilding it every forward costs more than the attention at
-    short lengths)."""
-    device = torch.device(device)
-    seed, size, num_sliding, num_random, num_global, min_sparse = pattern
-    bucket = bucket_length(total)
-    layout = block_layout(bucket_keep(None, batch, total, bucket, device), None, batch, bucket, size, num_global,
-                          min_sparse, device)
-    random = random_table(layout, kv_heads, num_random, lambda blocks: seeded_random_blocks(
-        seed, layer, blocks, kv_heads, num_random, num_global, num_sliding))
-    table = block_table(layout, random, num_sliding, slice(start // size, (start + length) // size))
-    return flex_block_mask(layout, table, heads, device, tile, start)

@@ -1766,15 +1766,17 @@ class EfficientBigBirdAttention(EfficientAttention):
             return seeded(config.seed, *arguments)
         return draw_random_blocks(draw, *arguments)
 
-    def structural_flex_mask(self, batch: int, length: int, device: torch.device, tile: int):
+    def structural_flex_mask(self, batch: int, length: int, device: torch.device, tile: int, query_start: int = 0,
+                             query_length: int | None = None):
         """The flex BlockMask of an unpadded input without extra global tokens: a function of the config, the layer
         and the shape only (the seeded random blocks), built once per process (rebuilding it every forward cost
-        more than the attention itself at short lengths)."""
+        more than the attention itself at short lengths). With `query_start` / `query_length` (whole blocks): the
+        rows of those queries only, against all `length` keys (a sequence split across ranks)."""
         config = self.config
         return _structural_flex_mask(
             self.layer_idx, batch, length, str(device), self.num_heads, self.num_key_value_heads, config.seed,
             config.block_size, config.num_sliding_blocks, config.num_random_blocks, config.num_global_blocks,
-            config.min_sparse_blocks, tile,
+            config.min_sparse_blocks, tile, query_start, length if query_length is None else query_length,
         )
 
     def flex_forward(self, query, key, value, attention_mask, global_attention_mask, draw, shared_state):
@@ -1909,9 +1911,12 @@ class EfficientBigBirdForQuestionAnswering(EfficientForQuestionAnswering):
 @functools.lru_cache(maxsize=64)
 def _structural_flex_mask(layer: int, batch: int, length: int, device: str, heads: int, kv_heads: int, seed: int,
                           block_size: int, num_sliding: int, num_random: int, num_global: int, min_sparse: int,
-                          tile: int):
+                          tile: int, query_start: int, query_length: int):
     device = torch.device(device)
-    layout = block_layout(None, None, batch, length, block_size, num_global, min_sparse, device)
+    bucket = bucket_length(length)  # the one-process path comes here only when the length is its own bucket
+    keep = None if bucket == length else bucket_keep(None, batch, length, bucket, device)
+    layout = block_layout(keep, None, batch, bucket, block_size, num_global, min_sparse, device)
     random = random_table(layout, kv_heads, num_random, lambda blocks: seeded_random_blocks(
         seed, layer, blocks, kv_heads, num_random, num_global, num_sliding))
-    return flex_block_mask(layout, block_table(layout, random, num_sliding), heads, device, tile)
+    rows = slice(query_start // block_size, -(-(query_start + query_length) // block_size))
+    return flex_block_mask(layout, block_table(layout, random, num_sliding, rows), heads, device, tile, query_start)
